@@ -1,0 +1,1 @@
+"""Backbones built from convzoo_mm layers, registered in mmengine's root MODELS registry."""

@@ -1,0 +1,1 @@
+"""Convolution layers, one file each, registered in mmengine's root MODELS registry."""

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Create (or complete) the virtual environment .venv with the verified OpenMMLab stack.
+#
+#   bash tools/setup_env.sh            # idempotent; seconds when everything is there
+#
+# Steps (each is skipped when what it installs already works in the venv):
+#   1. venv         python3 -m venv $VENV
+#   2. build tools  setuptools<70 (mmcv's setup.py and mmengine's mmdet:: resolution need pkg_resources)
+#   3. torch        torch==2.13.0 (CPU wheel on this machine kind)
+#   4. mmengine     mmengine==0.10.7
+#   5. mmcv         mmcv==2.1.0 compiled from source with its CPU ops (~16 min on 2 cores, then cached by pip)
+#   6. mm stack     mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pywavelets + test tools
+#   7. convzoo_mm   editable install of this repository
+#
+# Bring your own stack (e.g. CUDA builds of torch/mmcv): install them into the venv first
+# (or point VENV at an existing environment); the matching steps see them and are skipped.
+# Environment: VENV (default .venv), PYTHON (default python3), MAX_JOBS (default: nproc).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+T0=$(date +%s)
+
+say()  { printf '[setup %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+fail() { say "FAILED at step '$1'"; say "what to try: $2"; exit 1; }
+vpy()  { "$VENV/bin/python" "$@"; }
+# every install keeps setuptools<70: mmcv's setup.py and mmengine's `mmdet::` base resolution
+# import pkg_resources, which newer setuptools (pulled in by other packages) no longer ships
+pipi() { vpy -m pip install -q "$@" 'setuptools<70' 2>&1 | grep -v "^WARNING: Location" || true; return "${PIPESTATUS[0]}"; }
+ok()   { vpy -c "$1" >/dev/null 2>&1; }
+
+# 1. venv
+if [ -x "$VENV/bin/python" ]; then say "1/7 venv: $VENV exists"
+else
+  say "1/7 venv: creating $VENV with $PYTHON"
+  "$PYTHON" -m venv "$VENV" || fail venv "install python3-venv, or set PYTHON=/path/to/python3.11"
+fi
+
+# 2. build tools
+if ok "import setuptools, wheel, pkg_resources, sys; sys.exit(int(setuptools.__version__.split('.')[0]) >= 70)"; then
+  say "2/7 build tools: ok"
+else
+  say "2/7 build tools: installing setuptools<70, wheel"
+  pipi --upgrade pip wheel || fail "build tools" "check network access to PyPI"
+fi
+
+# 3. torch
+if ok "import torch"; then say "3/7 torch: $(vpy -c 'import torch; print(torch.__version__)') present"
+else
+  say "3/7 torch: installing torch==2.13.0"
+  pipi torch==2.13.0 || fail torch "pip install torch==2.13.0 into $VENV by hand (or your CUDA build), then rerun"
+fi
+
+# 4. mmengine
+if ok "import mmengine, sys; sys.exit(mmengine.__version__ != '0.10.7')"; then say "4/7 mmengine: ok"
+else
+  say "4/7 mmengine: installing mmengine==0.10.7"
+  pipi mmengine==0.10.7 'numpy' 'opencv-python' || fail mmengine "pip install mmengine==0.10.7"
+fi
+
+# 5. mmcv with compiled ops
+if ok "import mmcv, sys; from mmcv.ops import nms, roi_align; sys.exit(mmcv.__version__ != '2.1.0')"; then
+  say "5/7 mmcv: 2.1.0 with ops ok"
+else
+  say "5/7 mmcv: building mmcv==2.1.0 from source with CPU ops (MAX_JOBS=$MAX_JOBS)."
+  say "    This takes ~16 min on 2 cores the first time; pip caches the wheel, later installs take seconds."
+  log=$(mktemp /tmp/mmcv-build.XXXX.log)
+  MMCV_WITH_OPS=1 vpy -m pip install -v --no-build-isolation mmcv==2.1.0 'setuptools<70' >"$log" 2>&1 &
+  pid=$!
+  while kill -0 $pid 2>/dev/null; do
+    sleep 30
+    n=$(grep -c -E '^\[[0-9]+/[0-9]+\]|g\+\+|c\+\+ ' "$log" 2>/dev/null || true)
+    say "    mmcv still building (${n} compile lines in $log)"
+  done
+  wait $pid || { tail -n 30 "$log"; fail mmcv "see $log; needs gcc/g++ and python headers, setuptools<70, torch importable in $VENV"; }
+  ok "from mmcv.ops import nms" || fail mmcv "mmcv installed without ops: reinstall with MMCV_WITH_OPS=1 --no-build-isolation --no-cache-dir"
+  say "    mmcv built"
+fi
+
+# 6. mm stack and the libraries the package and tests use
+if ok "import mmdet, mmseg, mmseg.models, pywt, pytest, hypothesis, ftfy, regex, sys; sys.exit(mmdet.__version__ != '3.3.0' or mmseg.__version__ != '1.2.2')"; then
+  say "6/7 mmdet/mmseg/pywavelets/pytest: ok"
+else
+  say "6/7 mmdet/mmseg/pywavelets/pytest: installing"
+  pipi mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex PyWavelets pytest hypothesis matplotlib \
+    || fail "mm stack" "pip install mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex PyWavelets pytest"
+fi
+
+# 7. this package (editable)
+if ok "import convzoo_mm, os, sys; sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(convzoo_mm.__file__))) != os.path.abspath('.'))"; then
+  say "7/7 convzoo_mm: editable install ok"
+else
+  say "7/7 convzoo_mm: pip install -e ."
+  pipi --no-build-isolation --no-deps -e . || fail convzoo_mm "pip install --no-deps -e . in $VENV"
+fi
+say "environment ready: $VENV ($(vpy -c 'import torch,mmcv,mmdet,mmseg;print("torch",torch.__version__,"mmcv",mmcv.__version__,"mmdet",mmdet.__version__,"mmseg",mmseg.__version__)' 2>/dev/null))"

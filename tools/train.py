@@ -1,0 +1,19 @@
+#!/usr/bin/env python
+"""Train a detector or segmentor: runs mmdet's or mmseg's own tools/train.py (picked by the
+config's default_scope) with the same arguments.
+
+usage: python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+                             [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+`python tools/train.py CONFIG --help` prints the underlying tool's full option list.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from convzoo_mm.runner import run_mm_tool  # noqa: E402
+
+if __name__ == '__main__':
+    if len(sys.argv) < 2 or sys.argv[1] in ('-h', '--help'):
+        print(__doc__)
+        sys.exit(0 if len(sys.argv) > 1 else 2)
+    run_mm_tool('train', sys.argv[1:])
