@@ -1,0 +1,162 @@
+"""Layer benchmark harness: bookkeeping checked with a fake clock (no timing assertions), peak
+memory checked against hand-counted allocations, output comparison, table and chart structure."""
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from convzoo_mm.analysis.benchmark import (BenchCase, benchmark_case, ratio_rows,
+                                           results_markdown, run_benchmark, summary_stats)
+from convzoo_mm.analysis.memory import TensorMemoryTracker, peak_memory
+
+
+class FakeClock:
+    """A clock that only moves when a fake module says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def __deepcopy__(self, memo):  # the harness copies modules; they must share one clock
+        return self
+
+
+class _Tick(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, clock, dt_bwd):
+        ctx.clock, ctx.dt_bwd = clock, dt_bwd
+        return x * 1.0
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.clock.now += ctx.dt_bwd
+        return g, None, None
+
+
+class FakeCost(nn.Module):
+    """Forward costs ``dt_fwd`` fake seconds, backward ``dt_bwd``."""
+
+    def __init__(self, clock, dt_fwd, dt_bwd):
+        super().__init__()
+        self.clock, self.dt_fwd, self.dt_bwd = clock, dt_fwd, dt_bwd
+        self.weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        self.clock.now += self.dt_fwd
+        return _Tick.apply(x * self.weight, self.clock, self.dt_bwd)
+
+
+def _fake_case(clock):
+    return BenchCase('Fake', 'tiny', (2, 3, 4, 4), lambda: FakeCost(clock, 2.0, 6.0),
+                     {'slow': lambda layer: FakeCost(clock, 5.0, 19.0),
+                      'fast': lambda layer: FakeCost(clock, 1.0, 1.0)})
+
+
+def test_ratios_come_from_both_measured_sides():
+    clock = FakeClock()
+    rows = benchmark_case(_fake_case(clock), repeats=3, warmup=1, timer=clock,
+                          formats=('nchw', 'channels_last'), measure_memory=False,
+                          log=lambda s: None)
+    by_name = {r['module']: r for r in rows}
+    assert by_name['Fake']['role'] == 'layer'
+    assert by_name['Fake']['fwd']['median'] == 2.0
+    assert by_name['Fake']['fwd_bwd']['median'] == 8.0
+    assert by_name['slow']['fwd_bwd']['median'] == 24.0
+    ratios = {r['reference']: r for r in ratio_rows(rows)}
+    assert ratios['slow']['speedup_fwd'] == pytest.approx(5.0 / 2.0)
+    assert ratios['slow']['speedup_fwd_bwd'] == pytest.approx(24.0 / 8.0)
+    assert ratios['fast']['speedup_fwd'] == pytest.approx(1.0 / 2.0)
+    assert ratios['fast']['speedup_fwd_bwd'] == pytest.approx(2.0 / 8.0)
+    assert ratios['fast']['speedup_fwd_bwd_spread'] == pytest.approx((0.25, 0.25))
+
+
+def test_ratio_rows_use_medians_and_quartiles():
+    def row(module, role, fwd, fb, peak):
+        return dict(layer='L', case='c', module=module, role=role, peak_fwd=peak,
+                    peak_fwd_bwd=peak, fwd=summary_stats(fwd), fwd_bwd=summary_stats(fb))
+    rows = [row('L', 'layer', [1, 2, 3, 4, 100], [2, 2, 2], 10),
+            row('R', 'reference', [3, 6, 9, 12, 0.1], [5, 6, 7], 40)]
+    (r, ) = ratio_rows(rows)
+    assert r['speedup_fwd'] == pytest.approx(6 / 3)          # medians 6 and 3
+    q_ref, q_lay = (3, 9), (2, 4)                            # inclusive quartiles
+    assert r['speedup_fwd_spread'] == pytest.approx((q_ref[0] / q_lay[1], q_ref[1] / q_lay[0]))
+    assert r['speedup_fwd_bwd'] == pytest.approx(6 / 2)
+    assert r['mem_ratio_fwd_bwd'] == pytest.approx(10 / 40)
+
+
+def test_memory_tracker_counts_live_tensors():
+    """x (n floats) exists before; y=2x, z=exp(y), w=z*y are alive together, then backward
+    creates grad_w(expanded scalar), z*g, y*g, the exp grad and x.grad: peak 6n floats."""
+    n = 100_000
+    x = torch.randn(n, requires_grad=True)
+
+    def f():
+        y = x * 2
+        z = y.exp()
+        w = z * y
+        w.sum().backward()
+
+    peak, _ = peak_memory(f)
+    # forward alive: y, z, w (3n); backward: dL/dz = y (n), dL/dy partial = z (n), then exp
+    # grad (n) while the two partials live, then the sum dL/dy (n) ... x.grad (n): the live set
+    # never exceeds y, z, w + 3 gradient buffers = 6n floats (+ a few scalars)
+    assert 6 * 4 * n <= peak < 6 * 4 * n + 64
+    with TensorMemoryTracker() as t:
+        a = torch.empty(1000)
+        del a
+        b = torch.empty(500)
+    assert t.peak == 4000 and t.current == 2000
+    del b
+
+
+def test_exact_reference_outputs_are_compared_and_memory_measured():
+    def make():
+        return nn.Conv2d(4, 4, 3, padding=1)
+
+    def same_weights(layer):
+        ref = make()
+        ref.load_state_dict(layer.state_dict())
+        return ref
+
+    def perturbed(layer):
+        ref = same_weights(layer)
+        with torch.no_grad():
+            ref.bias += 1e-3
+        return ref
+
+    case = BenchCase('Conv', 'c4', (1, 4, 8, 8), make,
+                     {'copy': same_weights, 'off': perturbed, 'dw7': lambda layer: nn.Conv2d(
+                         4, 4, 7, padding=3, groups=4)}, exact=('copy', 'off'))
+    rows = {r['module']: r for r in benchmark_case(case, repeats=2, warmup=0, log=lambda s: None)}
+    assert rows['copy']['outputs_match'] and rows['copy']['max_abs_diff'] < 1e-6
+    assert not rows['off']['outputs_match']
+    assert rows['off']['max_abs_diff'] == pytest.approx(1e-3, rel=1e-3)
+    assert 'max_abs_diff' not in rows['dw7']
+    out_bytes = 1 * 4 * 8 * 8 * 4
+    assert rows['Conv']['peak_fwd'] == out_bytes  # the output is all a no-grad conv allocates
+    assert rows['Conv']['peak_fwd_bwd'] >= 2 * out_bytes
+
+
+def test_run_benchmark_writes_table_json_and_png(tmp_path):
+    clock = FakeClock()
+    res = run_benchmark([_fake_case(clock)], str(tmp_path), repeats=2, warmup=0, timer=clock,
+                        measure_memory=False, log=lambda s: None)
+    names = sorted(os.listdir(tmp_path))
+    assert names == ['benchmark_layers.json', 'benchmark_layers.md', 'benchmark_layers.png']
+    with open(tmp_path / 'benchmark_layers.png', 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    md = res['markdown']
+    ratio_lines = [ln for ln in md.splitlines() if ln.startswith('| Fake | tiny |')]
+    # 2 ratio rows (one per reference) + 3 raw rows (layer and two references)
+    assert len(ratio_lines) == 5
+    assert '| Fake | tiny | slow | 2.50× [2.50–2.50] | 3.00× [3.00–3.00] |' in md
+    assert md.splitlines()[0].startswith('Measured ')
+
+
+def test_unknown_format_is_rejected():
+    with pytest.raises(ValueError, match='formats'):
+        benchmark_case(_fake_case(FakeClock()), formats=('nhwc', ), log=lambda s: None)

@@ -1,0 +1,154 @@
+"""FLOP counting: mmengine's traced count with the convzoo layers' own ``count_flops`` swapped in.
+
+Oracles: the plain conv MAC formula written out here, hand-made modules whose true count is known,
+and (for WTConv) the traced count of the published layer, which is built only from convs and
+transposed convs that mmengine counts exactly.
+"""
+import importlib
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from convzoo_mm.analysis.flops import get_model_complexity
+
+
+def conv_macs(n, cin, cout, k, h_out, w_out, groups=1):
+    """MACs of a conv: one k*k*cin/groups dot product per output element."""
+    return n * cout * h_out * w_out * (cin // groups) * k * k
+
+
+class Counted(nn.Module):
+    """A conv whose forward also runs a transposed conv that the method says to ignore, and whose
+    ``count_flops`` is the plain conv formula: the analyzer must use the method."""
+
+    def __init__(self, cin, cout, k=3):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2)
+        self.k = k
+
+    def forward(self, x):
+        y = self.conv(x)
+        extra = F.conv_transpose2d(y, torch.ones(y.shape[1], 1, 2, 2), stride=2,
+                                   groups=y.shape[1])
+        return y + extra[..., ::2, ::2]
+
+    def count_flops(self, input_shape):
+        n, c, h, w = input_shape
+        return conv_macs(n, c, self.conv.out_channels, self.k, h, w)
+
+
+class Outer(nn.Module):
+    """A counted module holding a counted child: its own count must win for itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Counted(4, 4)
+
+    def forward(self, x):
+        return self.inner(x) * 2
+
+    def count_flops(self, input_shape):
+        return 1000
+
+
+class Net(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.block = nn.Sequential(Counted(4, 8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+        self.shared = Counted(4, 4, k=1)
+        self.outer = Outer()
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.block(x)
+        x = self.shared(x)                      # called twice at two sizes
+        x = self.shared(F.avg_pool2d(x, 2))
+        return self.outer(x)
+
+
+def test_plain_convs_match_formula():
+    # the last conv uses padding='same' (traced as aten::_convolution_mode, which plain
+    # mmengine counts as 0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=4),
+                          nn.Conv2d(8, 6, 5, padding='same', groups=2))
+    res = get_model_complexity(model, torch.randn(2, 3, 17, 16))
+    expect = (conv_macs(2, 3, 8, 3, 9, 8) + conv_macs(2, 8, 8, 3, 9, 8, groups=4)
+              + conv_macs(2, 8, 6, 5, 9, 8, groups=2))
+    assert res['flops'] == expect
+    assert res['params'] == sum(p.numel() for p in model.parameters())
+
+
+def test_counted_modules_replace_traced_counts():
+    torch.manual_seed(0)
+    res = get_model_complexity(Net(), torch.randn(2, 3, 32, 32), max_depth=4)
+    stem = conv_macs(2, 3, 4, 3, 16, 16)
+    block_counted = conv_macs(2, 4, 8, 3, 16, 16)
+    block_1x1 = conv_macs(2, 8, 4, 1, 16, 16)
+    shared = conv_macs(2, 4, 4, 1, 16, 16) + conv_macs(2, 4, 4, 1, 8, 8)
+    outer = 1000
+    by_module = res['by_module']
+    assert by_module['block.0'] == block_counted
+    assert by_module['block'] == block_counted + block_1x1
+    assert by_module['shared'] == shared
+    assert by_module['outer'] == outer
+    # the inner counted module keeps its own value, the outer one exactly its own
+    assert by_module['outer.inner'] == conv_macs(2, 4, 4, 3, 8, 8)
+    assert res['flops'] == by_module[''] == stem + block_counted + block_1x1 + shared + outer
+    assert res['by_operator']['Counted'] == block_counted + shared
+    assert res['by_operator']['Outer'] == outer
+    assert res['by_operator']['conv'] == stem + block_1x1
+    assert 'conv_transpose' not in ''.join(res['by_operator'])
+    rec = res['layers']['shared']
+    assert rec['input_shapes'] == [(2, 4, 16, 16), (2, 4, 8, 8)]
+    assert rec['flops'] == shared and rec['traced_flops'] > shared  # the trace also saw the extra op
+    # the per-module table is mmengine's layout with the replaced numbers
+    assert '#flops' in res['table'] and 'outer' in res['table']
+    from mmengine.analysis.print_helper import _format_size
+    assert f"| {_format_size(res['flops'])} " in res['table']
+
+
+def _layer(name):
+    try:
+        module = importlib.import_module(f'convzoo_mm.layers.{name.lower()}')
+    except ImportError:
+        pytest.skip(f'convzoo_mm.layers.{name.lower()} has not landed')
+    return module
+
+
+@pytest.mark.parametrize('levels,size', [(1, (16, 16)), (2, (15, 13)), (3, (21, 9))])
+def test_wtconv_count_matches_published_trace_and_formula(levels, size):
+    """At stride 1 the published layer runs exactly: base dw conv, per level a stride-2 grouped
+    conv (transform), a dw conv on 4C channels and a grouped transposed conv: all counted exactly
+    by mmengine. Our layer's count_flops must equal that trace and the formula below."""
+    wt = _layer('WTConv').WTConv
+    from convzoo_mm.analysis.references import PublishedWTConv2d
+    n, c, k = 2, 6, 5
+    h, w = size
+    shape = (n, c, h, w)
+    ours = get_model_complexity(wt(c, c, k, groups=c, wt_levels=levels), torch.randn(shape))
+    published = get_model_complexity(PublishedWTConv2d(c, k, wt_levels=levels),
+                                     torch.randn(shape))
+    formula = n * c * h * w * k * k
+    for _ in range(levels):
+        ph, pw = h + h % 2, w + w % 2
+        formula += n * c * ph * pw * (4 + k * k + 4)  # Haar transform, level conv, inverse
+        h, w = ph // 2, pw // 2
+    assert ours['flops'] == formula
+    assert published['flops'] == formula
+    assert ours['params'] == published['params'] - 2 * 4 * c * 4  # published keeps frozen filters
+
+
+def test_wtconv_in_a_model_plus_pointwise():
+    wt = _layer('WTConv').WTConv
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), wt(8, 16, 3, wt_levels=1))
+    res = get_model_complexity(model, torch.randn(1, 3, 8, 8))
+    base = 1 * 8 * 8 * 8 * 9
+    level = 8 * 8 * 8 * (4 + 9 + 4)
+    pointwise = conv_macs(1, 8, 16, 1, 8, 8)
+    assert res['flops'] == conv_macs(1, 3, 8, 1, 8, 8) + base + level + pointwise
+    assert res['by_module']['1'] == base + level + pointwise
