@@ -1,1 +1,3 @@
 """Backbones built from convzoo_mm layers, registered in mmengine's root MODELS registry."""
+from .wtconvnext import WTConvNeXt  # noqa: F401
+__all__ = [*globals().get('__all__', []), 'WTConvNeXt']
