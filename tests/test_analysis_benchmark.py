@@ -160,3 +160,21 @@ def test_run_benchmark_writes_table_json_and_png(tmp_path):
 def test_unknown_format_is_rejected():
     with pytest.raises(ValueError, match='formats'):
         benchmark_case(_fake_case(FakeClock()), formats=('nhwc', ), log=lambda s: None)
+
+
+def test_layer_suites_unknown_layer_and_exact_references():
+    from convzoo_mm.analysis.layer_suites import available_layers, build_cases
+    with pytest.raises(ValueError, match='unknown layer'):
+        build_cases(['NoSuchConv'], 'tiny')
+    avail = available_layers()
+    for name in ('WTConv', 'DRConv'):
+        if name not in avail:
+            continue
+        # one tiny case per layer: the exact reference (published WTConv2d / naive DRConv, same
+        # weights) must give the same output as the layer
+        case = build_cases([name], 'tiny')[0]
+        rows = benchmark_case(case, repeats=1, warmup=0, measure_memory=False,
+                              log=lambda s: None)
+        exact = [r for r in rows if r['module'] in case.exact]
+        assert exact and all(r['outputs_match'] for r in exact), exact
+        assert {r['module'] for r in rows} == {name, *case.references}

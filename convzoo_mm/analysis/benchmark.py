@@ -278,7 +278,7 @@ def _ms(stat: Dict[str, float]) -> str:
 
 
 def _mib(nbytes: Optional[int]) -> str:
-    return '-' if nbytes is None else f'{nbytes / 2**20:.1f}'
+    return '-' if nbytes is None else f'{nbytes / 2**20:.3g}'
 
 
 def _x(v: Optional[float]) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['compute_erf', 'erf_area_ratios', 'plot_erfs', 'load_images', 'smooth_random_images',
+__all__ = ['compute_erf', 'erf_area_ratios', 'plot_erfs', 'erf_image', 'save_erf_image', 'load_images', 'smooth_random_images',
            'find_images', 'IMAGE_EXTENSIONS']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -139,6 +139,20 @@ def load_images(paths: Sequence[str], size: Union[int, Sequence[int]],
     return out
 
 
+def erf_image(erf: np.ndarray) -> np.ndarray:
+    """``log10(erf + 1)`` scaled to [0, 1] (the map that is shown)."""
+    data = np.log10(np.asarray(erf, dtype=np.float64) + 1)
+    return data / data.max() if data.max() > 0 else data
+
+
+def save_erf_image(erf: np.ndarray, path: str) -> str:
+    """Write the shown map as an 8-bit grayscale PNG, one pixel per input pixel."""
+    from PIL import Image
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.round(erf_image(erf) * 255).astype(np.uint8), mode='L').save(path)
+    return path
+
+
 def plot_erfs(erfs: Dict[str, np.ndarray], path: str,
               thresholds: Sequence[float] = (0.2, 0.5, 0.99), title: str = '') -> str:
     """Side-by-side heatmaps of ``log10(erf + 1)`` (each normalised to [0, 1]) with the area
@@ -151,9 +165,7 @@ def plot_erfs(erfs: Dict[str, np.ndarray], path: str,
         raise ValueError('plot_erfs needs at least one ERF map')
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.9), squeeze=False)
     for ax, (name, erf) in zip(axes[0], erfs.items()):
-        data = np.log10(np.asarray(erf, dtype=np.float64) + 1)
-        data = data / data.max() if data.max() > 0 else data
-        ax.imshow(data, cmap='RdYlGn', vmin=0, vmax=1)
+        ax.imshow(erf_image(erf), cmap='RdYlGn', vmin=0, vmax=1)
         ratios = erf_area_ratios(erf, thresholds)
         ax.set_title(name + '\n' + ', '.join(f'{int(round(t * 100))}%: {r:.3f}'
                                               for t, r in ratios.items()), fontsize=8)

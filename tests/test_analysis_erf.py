@@ -1,0 +1,70 @@
+"""Effective receptive field: area ratios against hand-made maps, and on tiny WTConv backbones the
+map peaks at the centre and spreads with the number of wavelet levels."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from convzoo_mm.analysis.erf import (compute_erf, erf_area_ratios, load_images, plot_erfs,
+                                     save_erf_image, smooth_random_images)
+
+
+def test_area_ratios_of_known_maps():
+    erf = np.zeros((11, 11))
+    erf[5, 5] = 1.0
+    assert erf_area_ratios(erf, (0.5, 0.99)) == {0.5: 1 / 121, 0.99: 1 / 121}
+    erf[5, 5] = 0.5
+    erf[3, 5] = 0.5          # two pixels away: needs the 5x5 square for > 50%
+    r = erf_area_ratios(erf, (0.2, 0.5, 0.99))
+    assert r == {0.2: 1 / 121, 0.5: 1 / 121, 0.99: 25 / 121}
+    assert erf_area_ratios(np.ones((10, 10)), (1.0, ))[1.0] == 1.0
+    with pytest.raises(ValueError, match='zeros'):
+        erf_area_ratios(np.zeros((4, 4)))
+
+
+def test_erf_of_a_single_conv_is_its_kernel():
+    """For one conv the ERF is |kernel summed over output channels| summed over inputs, around the
+    centre; nothing outside the k x k window gets gradient."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 5, padding=2)
+    erf = compute_erf(conv, smooth_random_images(2, 15))
+    expect = np.zeros((15, 15))
+    expect[5:10, 5:10] = conv.weight.detach().sum(0).abs().sum(0).numpy().astype(np.float64)
+    np.testing.assert_allclose(erf, expect, rtol=1e-5, atol=1e-7)
+
+
+def _wtconv_backbone(levels, seed=0):
+    from convzoo_mm.layers.wtconv import WTConv
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 1), WTConv(8, 8, 3, groups=8, wt_levels=levels),
+                         nn.GELU(), WTConv(8, 8, 3, groups=8, wt_levels=levels))
+
+
+def test_wtconv_erf_peaks_at_centre_and_grows_with_levels(tmp_path):
+    pytest.importorskip('convzoo_mm.layers.wtconv')
+    images = smooth_random_images(3, 64)
+    erfs, spread = {}, []
+    for levels in (0, 1, 2, 3):
+        erf = compute_erf(_wtconv_backbone(levels), images)
+        erfs[f'L={levels}'] = erf
+        path = save_erf_image(erf, str(tmp_path / f'erf_L{levels}.png'))
+        png = np.asarray(Image.open(path))
+        assert png.shape == (64, 64)
+        peak = np.unravel_index(png.argmax(), png.shape)
+        # the Haar 2x2 blocks make the four pixels around the centre (32, 32) equivalent
+        assert abs(peak[0] - 32) <= 1 and abs(peak[1] - 32) <= 1, (levels, peak)
+        spread.append(erf_area_ratios(erf, (0.99, ))[0.99])
+    assert all(a < b for a, b in zip(spread, spread[1:])), spread
+    fig = plot_erfs(erfs, str(tmp_path / 'erf.png'))
+    with open(fig, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_load_images_resizes_crops_and_normalises(tmp_path):
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, :, 0] = 255
+    Image.fromarray(arr).save(tmp_path / 'a.png')
+    (img, ) = load_images([str(tmp_path / 'a.png')], 16, mean=(0, 0, 0), std=(255, 1, 1))
+    assert img.shape == (3, 16, 16)
+    assert torch.allclose(img[0], torch.ones(16, 16)) and img[1:].abs().max() == 0
