@@ -1,1 +1,3 @@
 """Convolution layers, one file each, registered in mmengine's root MODELS registry."""
+from .octconv import OctaveConv, OctaveConvModule  # noqa: F401,E402
+__all__ = [*globals().get('__all__', []), 'OctaveConv', 'OctaveConvModule']

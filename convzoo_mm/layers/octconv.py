@@ -1,0 +1,541 @@
+"""OctaveConv (Chen et al., "Drop an Octave", ICCV 2019, arXiv 1904.05049) for mm conv slots.
+
+Feature maps are split along channels into a *high* part at full resolution and a *low* part at
+half resolution. Four paths mix them::
+
+    Y_high = conv_HH(X_high) + up(conv_LH(X_low))        (stride 1)
+    Y_low  = conv_HL(pool(X_high)) + conv_LL(X_low)
+
+Conventions of this implementation (read before loading or comparing checkpoints):
+
+* **Channel split**: ``low = int(round(alpha * C))``, ``high = C - low``; high channels come
+  first in every tensor and in the weight. A split that leaves a branch empty while
+  ``alpha > 0`` is a ``ValueError``.
+* **One weight** of the plain conv's shape ``(out, in // groups, k, k)``: rows ``[:out_high]``
+  are the high outputs, columns ``[:in_high // groups]`` the high inputs; the four paths are
+  its four blocks. A plain-conv checkpoint loads unchanged, and with ``alpha_in = alpha_out = 0``
+  the layer *is* ``F.conv2d`` (stride included).
+* **Half resolution** of a size ``n`` is ``ceil(n / 2)``: 2x2 average pooling with
+  ``ceil_mode=True`` (a partial border window averages the pixels it covers). The low branch is
+  brought back to full size by nearest x2 upsampling cropped to the exact high size, so odd
+  sizes never crash and the output size always equals the plain conv's (``ceil(H / stride)``).
+* **Stride 2** (with a low branch on either side) = 2x2 average pooling followed by stride-1
+  convs, as in the paper and the authors' code: ``Y_high = conv_HH(pool(X_high)) +
+  conv_LH(X_low)`` (no upsampling), ``Y_low = conv_HL(pool(pool(X_high))) + conv_LL(pool(X_low))``.
+* **Padding** is always 'same' (``dilation * (k - 1) // 2`` for odd ``k``), on every path;
+  dilation passes to every path unchanged.
+* **groups**: every path is a grouped conv with the same ``groups`` (each branch must split
+  evenly); depthwise (``groups == in_channels``) drops the cross-frequency paths and requires
+  the output split to follow the input split (``out_low == in_low * out // in``).
+* **Bias** (``out``,): ``bias[:out_high]`` is added to ``Y_high``, ``bias[out_high:]`` to ``Y_low``.
+
+Fast path (``groups == 1``): paths that read inputs at the same resolution run as *one* conv on
+the channel-concatenated input with the matching rows of the weight, so the layer runs 2 or 3
+larger convs instead of 4 small ones, with no wasted multiplications: at stride 1
+``Y_low = conv([pool(X_high), X_low], W[out_high:])`` (in drop-in mode ``[pool(X_high), X_low]``
+is simply ``pool(x)``); at stride 2 both outputs read ``[pool(X_high), X_low]``:
+``Y_high = conv(P, W[:out_high])``, ``Y_low = conv(pool(P), W[out_high:])``.
+"""
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import register
+from .checks import check_choice, check_float, check_input, check_int, check_square, check_same_padding
+
+__all__ = ['OctaveConv', 'OctaveConvModule', 'split_channels', 'half_size', 'octave_pool',
+           'octave_upsample', 'octave_conv2d', 'octave_conv_flops', 'octave_merge', 'octave_norm',
+           'octave_apply']
+
+OctTensor = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+# --------------------------------------------------------------------------------------------
+# math
+# --------------------------------------------------------------------------------------------
+def split_channels(channels: int, alpha: float) -> Tuple[int, int]:
+    """``(high, low)`` channel counts: ``low = int(round(alpha * channels))``."""
+    low = int(round(alpha * channels))
+    return channels - low, low
+
+
+def half_size(n: int) -> int:
+    """Size of the low-frequency branch for a high size ``n``: ``ceil(n / 2)``."""
+    return (n + 1) // 2
+
+
+def octave_pool(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling, stride 2, ``ceil_mode=True`` (``H -> ceil(H / 2)``)."""
+    return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+
+
+def octave_upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Nearest x2 upsampling cropped to ``size`` (the inverse layout of :func:`octave_pool`)."""
+    y = F.interpolate(x, scale_factor=2.0, mode='nearest')
+    if y.shape[-2] != size[0] or y.shape[-1] != size[1]:
+        y = y[..., :size[0], :size[1]]
+    return y
+
+
+def _conv(x, w, b, padding, dilation, groups):
+    return F.conv2d(x, w, b, 1, padding, dilation, groups)
+
+
+def octave_conv2d(x_high: torch.Tensor, x_low: Optional[torch.Tensor], weight: torch.Tensor,
+                  bias: Optional[torch.Tensor], out_high: int, stride: int = 1, padding: int = 0,
+                  dilation: int = 1, groups: int = 1, depthwise: bool = False,
+                  pooled: Optional[torch.Tensor] = None
+                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The four octave paths on split inputs.
+
+    Args:
+        x_high (Tensor): (N, C_h, H, W) high-frequency input.
+        x_low (Tensor | None): (N, C_l, ceil(H/2), ceil(W/2)) low-frequency input, or None.
+        weight (Tensor): (C_out, C_in // groups, k, k), the plain conv weight; rows ``[:out_high]``
+            are high outputs, columns ``[:C_h // groups]`` high inputs (``depthwise``: rows
+            ``[:out_high]`` belong to the high input channels).
+        bias (Tensor | None): (C_out,).
+        out_high (int): number of high output channels; ``C_out - out_high`` low ones (may be 0).
+        stride (int): 1 or 2 (2 = average-pool, then stride-1 convs).
+        padding, dilation (int): of every path ('same' padding for the kernel).
+        groups (int): groups of every path (ignored when ``depthwise``).
+        depthwise (bool): one filter group per input channel: no cross-frequency paths.
+        pooled (Tensor | None): ``cat([octave_pool(x_high), x_low])`` if the caller has it
+            (drop-in mode: it is ``octave_pool(x)``); only used by the ``groups == 1`` path.
+
+    Returns:
+        tuple: ``(y_high, y_low)``; ``y_high`` (N, out_high, H', W') with ``H' = H`` (stride 1) or
+        ``ceil(H/2)`` (stride 2); ``y_low`` (N, C_out - out_high, ceil(H'/2), ceil(W'/2)) or None.
+    """
+    c_out = weight.shape[0]
+    has_low_out = out_high < c_out
+    b_h = None if bias is None else bias[:out_high]
+    b_l = None if bias is None or not has_low_out else bias[out_high:]
+    if x_low is None:
+        pooled = None
+
+    if depthwise:
+        in_h = x_high.shape[1]
+        if stride == 2:
+            x_high = octave_pool(x_high)
+            x_low = None if x_low is None else octave_pool(x_low)
+        y_h = _conv(x_high, weight[:out_high], b_h, padding, dilation, in_h)
+        y_l = None
+        if has_low_out:
+            y_l = _conv(x_low, weight[out_high:], b_l, padding, dilation, x_low.shape[1])
+        return y_h, y_l
+
+    col = x_high.shape[1] // groups  # first low-input column of the weight
+    w_hh = weight[:out_high, :col]
+    w_lh = weight[:out_high, col:]
+    w_hl = weight[out_high:, :col]
+    w_ll = weight[out_high:, col:]
+
+    if groups == 1:  # fast path: one conv per input resolution group (see module docstring)
+        if stride == 2:
+            if pooled is None:
+                p_h = octave_pool(x_high)
+                pooled = p_h if x_low is None else torch.cat([p_h, x_low], 1)
+            y_h = _conv(pooled, weight[:out_high], b_h, padding, dilation, 1)
+            y_l = None
+            if has_low_out:
+                y_l = _conv(octave_pool(pooled), weight[out_high:], b_l, padding, dilation, 1)
+            return y_h, y_l
+        y_h = _conv(x_high, w_hh, b_h, padding, dilation, 1)
+        if x_low is not None:
+            y_h = y_h + octave_upsample(_conv(x_low, w_lh, None, padding, dilation, 1),
+                                        y_h.shape[-2:])
+        y_l = None
+        if has_low_out:
+            if pooled is None:
+                p_h = octave_pool(x_high)
+                pooled = p_h if x_low is None else torch.cat([p_h, x_low], 1)
+            y_l = _conv(pooled, weight[out_high:], b_l, padding, dilation, 1)
+        return y_h, y_l
+
+    # grouped: four separate grouped convs (concatenating would mix the groups)
+    if stride == 2:
+        p_h = octave_pool(x_high)
+        y_h = _conv(p_h, w_hh, b_h, padding, dilation, groups)
+        if x_low is not None:
+            y_h = y_h + _conv(x_low, w_lh, None, padding, dilation, groups)
+        y_l = None
+        if has_low_out:
+            y_l = _conv(octave_pool(p_h), w_hl, b_l, padding, dilation, groups)
+            if x_low is not None:
+                y_l = y_l + _conv(octave_pool(x_low), w_ll, None, padding, dilation, groups)
+        return y_h, y_l
+    y_h = _conv(x_high, w_hh, b_h, padding, dilation, groups)
+    if x_low is not None:
+        y_h = y_h + octave_upsample(_conv(x_low, w_lh, None, padding, dilation, groups),
+                                    y_h.shape[-2:])
+    y_l = None
+    if has_low_out:
+        y_l = _conv(octave_pool(x_high), w_hl, b_l, padding, dilation, groups)
+        if x_low is not None:
+            y_l = y_l + _conv(x_low, w_ll, None, padding, dilation, groups)
+    return y_h, y_l
+
+
+def octave_conv_flops(n: int, height: int, width: int, in_split: Tuple[int, int],
+                      out_split: Tuple[int, int], kernel_size: int, stride: int, groups: int,
+                      depthwise: bool) -> int:
+    """Multiply-accumulates of :func:`octave_conv2d` (pooling/upsampling/adds not counted).
+
+    Every path is a stride-1 conv evaluated at the resolution of its *input*; with
+    ``Ho = H`` (stride 1) or ``ceil(H/2)`` (stride 2), ``ho = ceil(Ho/2)``, ``K = k*k``, and
+    ``(i_h, i_l)``, ``(o_h, o_l)`` the channel splits::
+
+        stride 1:  N*K/g * [ Ho*Wo * o_h*i_h  +  ho*wo * (o_h*i_l + o_l*(i_h + i_l)) ]
+                   (HH at full size; LH before its upsampling, HL and LL at half size)
+        stride 2:  N*K/g * [ Ho*Wo * o_h*(i_h + i_l)  +  ho*wo * o_l*(i_h + i_l) ]
+                   (HH on pool(X_h) and LH on X_l both at Ho; HL and LL at ho)
+        depthwise: N*K * [ Ho*Wo * o_h + ho*wo * o_l ]
+
+    With ``alpha_in = alpha_out = 0`` both reduce to the plain conv's ``N*out*Ho*Wo*in/g*K``.
+    """
+    (i_h, i_l), (o_h, o_l) = in_split, out_split
+    ho_, wo_ = (height, width) if stride == 1 else (half_size(height), half_size(width))
+    hl_, wl_ = half_size(ho_), half_size(wo_)
+    k2 = kernel_size * kernel_size
+    if depthwise:
+        return n * k2 * (ho_ * wo_ * o_h + hl_ * wl_ * o_l)
+    if stride == 1:
+        macs = ho_ * wo_ * o_h * i_h + hl_ * wl_ * (o_h * i_l + o_l * (i_h + i_l))
+    else:
+        macs = (ho_ * wo_ * o_h + hl_ * wl_ * o_l) * (i_h + i_l)
+    return n * k2 * macs // groups
+
+
+def octave_merge(x: OctTensor) -> torch.Tensor:
+    """Split features -> one tensor: the low branch upsampled to the high size and concatenated."""
+    if isinstance(x, torch.Tensor):
+        return x
+    x_h, x_l = x
+    return torch.cat([x_h, octave_upsample(x_l, x_h.shape[-2:])], 1)
+
+
+def octave_apply(fn, x: OctTensor) -> OctTensor:
+    """Apply an element-wise module/function (activation, dropout, ...) to each branch."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    return fn(x[0]), fn(x[1])
+
+
+def _sliced_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, sl: slice,
+                       count: bool) -> torch.Tensor:
+    """``bn`` restricted to channels ``sl`` (same arithmetic as ``_BatchNorm.forward``). The
+    running statistics are updated in place through views of ``bn``'s buffers."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats:
+        if count:
+            bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    mean = bn.running_mean[sl] if track and bn.running_mean is not None else None
+    var = bn.running_var[sl] if track and bn.running_var is not None else None
+    weight = None if bn.weight is None else bn.weight[sl]
+    bias = None if bn.bias is None else bn.bias[sl]
+    return F.batch_norm(x, mean, var, weight, bias, use_batch, factor, bn.eps)
+
+
+def _sliced_module(norm: nn.Module, x: torch.Tensor, sl: slice, count: bool) -> torch.Tensor:
+    """Any channel-wise norm (SyncBN, GN, ...): call the module with its parameters and buffers
+    replaced by channel slices (views, so running-stat updates reach the real buffers)."""
+    from torch.func import functional_call
+    state = {}
+    for name, t in list(norm.named_parameters(recurse=False)) + list(
+            norm.named_buffers(recurse=False)):
+        if t is None:
+            continue
+        if t.dim() >= 1 and t.shape[0] > 1:
+            state[name] = t[sl]
+        elif name == 'num_batches_tracked' and not count:
+            state[name] = t.clone()  # count the step once, on the first branch
+        else:
+            state[name] = t
+    if hasattr(norm, 'num_features'):
+        # keep e.g. SyncBN's channel check consistent with the slice
+        old = norm.num_features
+        norm.num_features = x.shape[1]
+        try:
+            return functional_call(norm, state, (x,))
+        finally:
+            norm.num_features = old
+    return functional_call(norm, state, (x,))
+
+
+def octave_norm(norm: nn.Module, x: OctTensor) -> OctTensor:
+    """Apply a channel-wise norm over ``C_h + C_l`` channels to each branch separately.
+
+    Statistics are per branch (high over H x W, low over ceil(H/2) x ceil(W/2)) with the
+    parameters/buffers of channels ``[:C_h]`` and ``[C_h:]``: so ONE norm module of the plain
+    layer's width serves both branches and plain checkpoints load with the same names.
+    ``nn.BatchNorm2d`` runs through ``F.batch_norm`` on slices; other norms (SyncBN, GN) through
+    ``torch.func.functional_call`` with sliced state (GN then needs its groups to divide each
+    branch).
+    """
+    if isinstance(x, torch.Tensor):
+        return norm(x)
+    x_h, x_l = x
+    c_h = x_h.shape[1]
+    sl_h, sl_l = slice(0, c_h), slice(c_h, c_h + x_l.shape[1])
+    if type(norm) in (nn.BatchNorm2d, nn.BatchNorm1d, nn.BatchNorm3d):
+        return (_sliced_batch_norm(norm, x_h, sl_h, True),
+                _sliced_batch_norm(norm, x_l, sl_l, False))
+    return _sliced_module(norm, x_h, sl_h, True), _sliced_module(norm, x_l, sl_l, False)
+
+
+# --------------------------------------------------------------------------------------------
+# module
+# --------------------------------------------------------------------------------------------
+@register
+class OctaveConv(nn.Module):
+    """Octave convolution, usable as ``conv_cfg=dict(type='OctaveConv', alpha_in=.., alpha_out=..)``.
+
+    See the module docstring for the conventions (channel split, weight layout, stride, odd sizes).
+
+    Args:
+        in_channels (int): C_in (both branches).
+        out_channels (int): C_out (both branches).
+        kernel_size (int | tuple[int, int]): odd square kernel ``k``.
+        stride (int | tuple[int, int]): 1 or 2. Default: 1.
+        padding (int | tuple | str | None): must be 'same' padding (``dilation * (k-1) // 2``,
+            'same' or None). Default: None.
+        dilation (int | tuple[int, int]): applied on every path. Default: 1.
+        groups (int): groups of every path; ``groups == in_channels`` is depthwise (no
+            cross-frequency paths). Default: 1.
+        bias (bool): learnable bias (C_out,). Default: True.
+        alpha_in (float): low fraction of the input channels, in [0, 1). Default: 0.5.
+        alpha_out (float): low fraction of the output channels, in [0, 1). Default: 0.5.
+        split (bool): False (default, **drop-in**): input (N, C_in, H, W) -> output
+            (N, C_out, ceil(H/s), ceil(W/s)); the input's last ``C_in_low`` channels are pooled to
+            half resolution, the low output is upsampled and concatenated after the high one.
+            True (**split mode**): input ``(x_high, x_low)`` with shapes (N, C_in_high, H, W) and
+            (N, C_in_low, ceil(H/2), ceil(W/2)) (a single tensor when ``alpha_in == 0``); output
+            ``(y_high, y_low)`` likewise (a single tensor when ``alpha_out == 0``).
+
+    Weight: ``weight`` (C_out, C_in // groups, k, k), ``bias`` (C_out,).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
+                 padding=None, dilation=1, groups: int = 1, bias: bool = True,
+                 alpha_in: float = 0.5, alpha_out: float = 0.5, split: bool = False):
+        super().__init__()
+        in_channels = check_int('in_channels', in_channels)
+        out_channels = check_int('out_channels', out_channels)
+        k = check_square('kernel_size', kernel_size)
+        if k % 2 == 0:
+            raise ValueError(f'kernel_size must be odd (the layer pads to keep the size), got {k}')
+        s = check_choice('stride', check_square('stride', stride), [1, 2])
+        d = check_square('dilation', dilation)
+        check_same_padding(padding, k, d)
+        groups = check_int('groups', groups)
+        check_choice('bias', bias, [True, False])
+        check_choice('split', split, [True, False])
+        alpha_in = check_float('alpha_in', alpha_in, 0.0, 1.0)
+        alpha_out = check_float('alpha_out', alpha_out, 0.0, 1.0)
+        in_split = split_channels(in_channels, alpha_in)
+        out_split = split_channels(out_channels, alpha_out)
+        for name, alpha, total, (high, low) in (('alpha_in', alpha_in, in_channels, in_split),
+                                               ('alpha_out', alpha_out, out_channels, out_split)):
+            if alpha > 0 and (low == 0 or high == 0):
+                raise ValueError(
+                    f'{name}={alpha} splits {total} channels into high={high}, low={low} '
+                    f'(low = round({name} * channels)); both branches need at least one channel: '
+                    f'use {name}=0 or a value in [{0.5 / total:.4g}, {1 - 0.5 / total:.4g})')
+        for name, total in (('in_channels', in_channels), ('out_channels', out_channels)):
+            if total % groups:
+                raise ValueError(f'groups={groups} must divide {name}={total}')
+        depthwise = groups > 1 and groups == in_channels
+        if depthwise:
+            mult = out_channels // in_channels
+            if out_split[1] != in_split[1] * mult:
+                raise ValueError(
+                    f'depthwise OctaveConv (groups == in_channels = {in_channels}) has no '
+                    f'cross-frequency paths, so the output split must follow the input split: '
+                    f'alpha_out={alpha_out} gives {out_split[1]} low outputs, need '
+                    f'{in_split[1] * mult} (use alpha_out == alpha_in)')
+        elif groups > 1:
+            for name, alpha, (high, low) in (('alpha_in', alpha_in, in_split),
+                                             ('alpha_out', alpha_out, out_split)):
+                if high % groups or low % groups:
+                    raise ValueError(
+                        f'groups={groups} must divide both branches: {name}={alpha} gives '
+                        f'high={high}, low={low} channels')
+
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = (k, k), (s, s), (d, d)
+        pad = d * (k - 1) // 2
+        self.padding = (pad, pad)
+        self.groups = groups
+        self.transposed = False
+        self.output_padding = (0, 0)
+        self.alpha_in, self.alpha_out = alpha_in, alpha_out
+        self.in_split, self.out_split = in_split, out_split
+        self.split = split
+        self.depthwise = depthwise
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, k, k))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    @property
+    def plain(self) -> bool:
+        """True when both alphas are 0: the layer is exactly ``nn.Conv2d``."""
+        return self.in_split[1] == 0 and self.out_split[1] == 0
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s default initialisation."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def init_weights(self) -> None:
+        """What mm gives a plain conv in the same slot: Kaiming normal (fan_out, relu), bias 0."""
+        nn.init.kaiming_normal_(self.weight, mode='fan_out', nonlinearity='relu')
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        s = (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
+             f'stride={self.stride}, padding={self.padding}, dilation={self.dilation}, '
+             f'groups={self.groups}, bias={self.bias is not None}, alpha_in={self.alpha_in}, '
+             f'alpha_out={self.alpha_out}, split={self.split}')
+        return s
+
+    def _check_split_input(self, x) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        name = type(self).__name__
+        if self.in_split[1] == 0:
+            if isinstance(x, (tuple, list)):
+                raise ValueError(f'{name}: alpha_in=0 takes one tensor, got a {type(x).__name__}')
+            check_input(x, self.in_channels, name)
+            return x, None
+        if not isinstance(x, (tuple, list)) or len(x) != 2:
+            raise ValueError(f'{name} (split=True, alpha_in={self.alpha_in}) takes a tuple '
+                             f'(x_high, x_low), got {type(x).__name__}')
+        x_h, x_l = x
+        check_input(x_h, self.in_split[0], f'{name} (high branch)')
+        check_input(x_l, self.in_split[1], f'{name} (low branch)')
+        want = (half_size(x_h.shape[-2]), half_size(x_h.shape[-1]))
+        if tuple(x_l.shape[-2:]) != want or x_l.shape[0] != x_h.shape[0]:
+            raise ValueError(f'{name}: low branch must be (N, C, ceil(H/2), ceil(W/2)) = '
+                             f'{(x_h.shape[0], self.in_split[1]) + want} for a high branch of '
+                             f'shape {tuple(x_h.shape)}, got {tuple(x_l.shape)}')
+        return x_h, x_l
+
+    def forward(self, x: OctTensor) -> OctTensor:
+        name = type(self).__name__
+        if self.plain:  # alpha_in == alpha_out == 0: exactly nn.Conv2d
+            check_input(x, self.in_channels, name)
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                            self.groups)
+        pooled = None
+        if self.split:
+            x_h, x_l = self._check_split_input(x)
+        else:
+            check_input(x, self.in_channels, name)
+            c_h = self.in_split[0]
+            if self.in_split[1] == 0:
+                x_h, x_l = x, None
+            elif self.stride[0] == 1 and self.out_split[1] == 0:
+                x_h, x_l = x[:, :c_h], octave_pool(x[:, c_h:])
+            else:  # pool(x) = [pool(x_high), x_low]: the input of the low-resolution paths
+                pooled = octave_pool(x)
+                x_h, x_l = x[:, :c_h], pooled[:, c_h:]
+        y_h, y_l = octave_conv2d(x_h, x_l, self.weight, self.bias, self.out_split[0],
+                                 self.stride[0], self.padding[0], self.dilation[0], self.groups,
+                                 self.depthwise, pooled)
+        if y_l is None:
+            return y_h
+        if self.split:
+            return y_h, y_l
+        return octave_merge((y_h, y_l))
+
+    def count_flops(self, input_shape) -> int:
+        """Multiply-accumulates of one forward (see :func:`octave_conv_flops` for the formula).
+
+        Args:
+            input_shape: ``(N, C_in, H, W)`` with ``H, W`` the high (full) resolution, or, in
+                split mode, the pair of branch shapes ``((N, C_h, H, W), (N, C_l, h, w))``.
+        """
+        if len(input_shape) == 2 and not isinstance(input_shape[0], int):
+            input_shape = input_shape[0]
+        n, _, h, w = (int(v) for v in input_shape)
+        if self.plain:
+            ho = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) \
+                // self.stride[0] + 1
+            wo = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) \
+                // self.stride[1] + 1
+            return n * self.out_channels * ho * wo * self.weight.shape[1] * \
+                self.kernel_size[0] * self.kernel_size[1]
+        return octave_conv_flops(n, h, w, self.in_split, self.out_split, self.kernel_size[0],
+                                 self.stride[0], self.groups, self.depthwise)
+
+
+@register
+class OctaveConvModule(nn.Module):
+    """OctaveConv + per-branch norm + per-branch activation (a ConvModule for octave features).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups: as
+            :class:`OctaveConv`.
+        bias (bool | str): 'auto' (default): bias only without a norm.
+        alpha_in, alpha_out (float): as :class:`OctaveConv`.
+        split (bool): split mode (tuples in/out) or drop-in (tensors). Default: True.
+        norm_cfg (dict | None): e.g. ``dict(type='BN')``; ONE norm of ``out_channels`` channels
+            applied to each branch with its channel slice (see :func:`octave_norm`).
+        act_cfg (dict | None): activation, applied to each branch. Default: ReLU.
+
+    Submodules ``conv``, the norm (named as mmcv names it, e.g. ``bn``) and ``activate``, as in
+    ``mmcv.cnn.ConvModule``. Input/output: as :class:`OctaveConv` in the chosen mode.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=None,
+                 dilation=1, groups=1, bias='auto', alpha_in=0.5, alpha_out=0.5, split=True,
+                 norm_cfg=None, act_cfg=dict(type='ReLU')):
+        super().__init__()
+        if bias == 'auto':
+            bias = norm_cfg is None
+        self.conv = OctaveConv(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                               groups, bias, alpha_in=alpha_in, alpha_out=alpha_out, split=split)
+        self.norm_name = None
+        if norm_cfg is not None:
+            from mmcv.cnn import build_norm_layer
+            self.norm_name, norm = build_norm_layer(norm_cfg, out_channels)
+            self.add_module(self.norm_name, norm)
+        self.activate = None
+        if act_cfg is not None:
+            from mmcv.cnn import build_activation_layer
+            self.activate = build_activation_layer(act_cfg)
+
+    @property
+    def norm(self):
+        return getattr(self, self.norm_name) if self.norm_name else None
+
+    def init_weights(self) -> None:
+        self.conv.init_weights()
+        if self.norm is not None and getattr(self.norm, 'weight', None) is not None:
+            nn.init.ones_(self.norm.weight)
+            nn.init.zeros_(self.norm.bias)
+
+    def count_flops(self, input_shape) -> int:
+        """MACs of the conv (norm and activation are element-wise and not counted)."""
+        return self.conv.count_flops(input_shape)
+
+    def forward(self, x: OctTensor) -> OctTensor:
+        x = self.conv(x)
+        if self.norm is not None:
+            if self.conv.split:
+                x = octave_norm(self.norm, x)
+            else:
+                x = self.norm(x)
+        if self.activate is not None:
+            x = octave_apply(self.activate, x)
+        return x
