@@ -1,0 +1,138 @@
+"""Build mmdet / mmseg models from configs and feed them dummy batches (shared by the tools).
+
+The scope (``default_scope`` of the config: ``mmdet`` or ``mmseg``) picks the package whose
+registry builds the model, as mmdet's and mmseg's own tools do.
+"""
+import importlib
+import os
+from functools import partial
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ['load_config', 'config_scope', 'build_model', 'backbone_from_config', 'dummy_batch',
+           'forward_for_analysis',
+           'model_complexity']
+
+SCOPES = ('mmdet', 'mmseg')
+
+
+def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None):
+    """``Config.fromfile`` with a clear error for a missing file and ``cfg_options`` merged."""
+    from mmengine.config import Config
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'config file not found: {path}')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def config_scope(cfg) -> str:
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise ValueError(f'{cfg.filename}: default_scope must be one of {list(SCOPES)} (mmdet '
+                         f'detector or mmseg segmentor), got {scope!r}')
+    return scope
+
+
+def build_model(cfg, checkpoint: Optional[str] = None, device: str = 'cpu') -> nn.Module:
+    """Build ``cfg.model`` in its scope, SyncBN reverted to BN, weights initialised (or loaded
+    from ``checkpoint``), in eval mode on ``device``."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    scope = config_scope(cfg)
+    importlib.import_module('convzoo_mm')
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    init_default_scope(scope)
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    model_cfg = cfg.model.copy()
+    if checkpoint and 'backbone' in model_cfg:  # no pretrained download when we load weights
+        model_cfg.backbone.pop('init_cfg', None)
+    model = registry.build(model_cfg)
+    model = revert_sync_batchnorm(model)
+    if checkpoint:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(model, checkpoint, map_location='cpu')
+    elif hasattr(model, 'init_weights'):
+        try:
+            model.init_weights()
+        except Exception as e:  # e.g. a Pretrained init_cfg without network access
+            print(f'warning: init_weights failed ({type(e).__name__}: {e}); using the '
+                  f'constructors\' initialisation')
+    return model.to(device).eval()
+
+
+def dummy_batch(model: nn.Module, scope: str, shape: Sequence[int], batch_size: int = 1,
+                with_gt: bool = False, num_classes: int = 80, seed: int = 0,
+                training: bool = False) -> Dict[str, Any]:
+    """A preprocessed batch of random images of size ``shape = (H, W)`` with the metainfo
+    mmdet / mmseg expect; ``with_gt`` adds random boxes + masks + labels (mmdet) or a random
+    label map (mmseg) so that ``mode='loss'`` runs."""
+    h, w = int(shape[0]), int(shape[1])
+    gen = torch.Generator().manual_seed(seed)
+    inputs, samples = [], []
+    for _ in range(batch_size):
+        inputs.append(torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8))
+        meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1., 1.),
+                    flip=False, flip_direction=None)
+        if scope == 'mmdet':
+            from mmdet.structures import DetDataSample
+            from mmengine.structures import InstanceData
+            sample = DetDataSample(metainfo=meta)
+            if with_gt:
+                k = 3
+                xy = torch.rand(k, 2, generator=gen) * torch.tensor([w * 0.6, h * 0.6])
+                wh = (torch.rand(k, 2, generator=gen) * 0.3 + 0.1) * torch.tensor([w, h])
+                boxes = torch.cat([xy, xy + wh], 1)
+                masks = torch.zeros(k, h, w, dtype=torch.uint8)
+                for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+                    masks[i, y0:y1, x0:x1] = 1
+                from mmdet.structures.mask import BitmapMasks
+                gt = InstanceData(bboxes=boxes, labels=torch.randint(
+                    0, num_classes, (k, ), generator=gen), masks=BitmapMasks(masks.numpy(), h, w))
+                sample.gt_instances = gt
+        else:
+            from mmengine.structures import PixelData
+            from mmseg.structures import SegDataSample
+            sample = SegDataSample(metainfo=meta)
+            if with_gt:
+                sample.gt_sem_seg = PixelData(data=torch.randint(
+                    0, num_classes, (1, h, w), generator=gen))
+        samples.append(sample)
+    return model.data_preprocessor(dict(inputs=inputs, data_samples=samples), training)
+
+
+def forward_for_analysis(model: nn.Module, data: Dict[str, Any]) -> Tuple[nn.Module, Tuple]:
+    """Make ``model(inputs)`` run the network part that mmdet's / mmseg's get_flops count
+    (``mode='tensor'``: backbone, neck and heads, no post-processing) with the batch's
+    ``data_samples`` bound; returns ``(model, (inputs, ))``."""
+    model.forward = partial(type(model).forward, model, data_samples=data['data_samples'],
+                            mode='tensor')
+    return model, (data['inputs'], )
+
+
+def model_complexity(cfg, shape: Sequence[int], max_depth: int = 3,
+                     checkpoint: Optional[str] = None) -> Dict[str, Any]:
+    """FLOPs/params of the detector or segmentor of ``cfg`` for one ``(H, W)`` image, exact for
+    convzoo layers (:func:`convzoo_mm.analysis.flops.get_model_complexity`)."""
+    from .flops import get_model_complexity
+    scope = config_scope(cfg)
+    model = build_model(cfg, checkpoint)
+    with torch.no_grad():
+        data = dummy_batch(model, scope, shape)
+    model, inputs = forward_for_analysis(model, data)
+    result = get_model_complexity(model, inputs, max_depth=max_depth)
+    result['input_shape'] = tuple(data['inputs'].shape[-2:])
+    result['scope'] = scope
+    del model.forward
+    return result
+
+
+def backbone_from_config(path: str, checkpoint: Optional[str] = None,
+                         cfg_options: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """The backbone of the detector/segmentor of config ``path`` (weights from ``checkpoint``
+    if given, else its initialisation), in eval mode."""
+    model = build_model(load_config(path, cfg_options), checkpoint)
+    return model.backbone if hasattr(model, 'backbone') else model

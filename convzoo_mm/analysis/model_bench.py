@@ -1,0 +1,146 @@
+"""Train-step and inference time and peak memory of a config against a baseline config.
+
+Both models are built in the same process and measured interleaved (every repeat runs one step
+of each), on the same random batch size and image size:
+
+* ``train``: ``zero_grad``, ``model(**batch, mode='loss')``, ``parse_losses``, ``backward``,
+  ``SGD.step`` (lr 1e-6, so the weights barely move between repeats);
+* ``infer``: ``model(**batch, mode='predict')`` under ``torch.no_grad`` in eval mode;
+* peak memory of one train step and one inference (:mod:`convzoo_mm.analysis.memory`).
+
+Ratios are ``model median / baseline median`` (time) and ``model peak / baseline peak``.
+:func:`compare_steps` is the generic part (any callables, injectable timer).
+"""
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from .benchmark import machine_info, measure_times, summary_stats
+from .memory import peak_memory
+
+__all__ = ['compare_steps', 'model_steps', 'benchmark_configs', 'model_table']
+
+
+def compare_steps(steps: Dict[str, Dict[str, Callable[[], Any]]], baseline: str,
+                  repeats: int = 5, warmup: int = 1, device: str = 'cpu',
+                  timer: Callable[[], float] = time.perf_counter, measure_memory: bool = True,
+                  log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Time every ``steps[name][kind]()`` interleaved; one row per (name, kind) with
+    ``median/p25/p75`` seconds, ``peak`` bytes and ``ratio``/``mem_ratio`` to ``baseline``."""
+    if baseline not in steps:
+        raise ValueError(f'baseline {baseline!r} is not among {list(steps)}')
+    dev = torch.device(device)
+    kinds = list(dict.fromkeys(k for s in steps.values() for k in s))
+    times: Dict[tuple, List[float]] = {}
+    for kind in kinds:
+        for name, s in steps.items():
+            for _ in range(warmup):
+                s[kind]()
+        for r in range(repeats):
+            for name, s in steps.items():
+                times.setdefault((name, kind), []).extend(measure_times(s[kind], 1, 0, timer, dev))
+            log(f'  {kind}: repeat {r + 1}/{repeats}')
+    rows = []
+    for kind in kinds:
+        peaks = {}
+        for name, s in steps.items():
+            peaks[name] = peak_memory(s[kind], device)[0] if measure_memory else None
+        base = summary_stats(times[(baseline, kind)])
+        for name in steps:
+            st = summary_stats(times[(name, kind)])
+            rows.append(dict(model=name, kind=kind, baseline=baseline, **st, peak=peaks[name],
+                             ratio=st['median'] / base['median'],
+                             mem_ratio=(peaks[name] / peaks[baseline])
+                             if measure_memory and peaks[baseline] else None))
+    return rows
+
+
+def model_steps(config: str, shape: Sequence[int], batch_size: int = 2, device: str = 'cpu',
+                cfg_options: Optional[Dict[str, Any]] = None) -> Dict[str, Callable[[], Any]]:
+    """``{'train': fn, 'infer': fn}`` for the model of ``config`` on a random batch."""
+    from .mm_models import build_model, config_scope, dummy_batch, load_config
+    cfg = load_config(config, cfg_options)
+    scope = config_scope(cfg)
+    model = build_model(cfg, device=device)
+    num_classes = _num_classes(cfg.model)
+    model.train()
+    train_batch = dummy_batch(model, scope, shape, batch_size, with_gt=True,
+                              num_classes=num_classes, training=True)
+    model.eval()
+    with torch.no_grad():
+        test_batch = dummy_batch(model, scope, shape, batch_size, training=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
+
+    def train():
+        model.train()
+        optim.zero_grad(set_to_none=True)
+        losses = model(**train_batch, mode='loss')
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+        optim.step()
+        return float(loss.detach())
+
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            return model(**test_batch, mode='predict')
+
+    return dict(train=train, infer=infer)
+
+
+def _num_classes(model_cfg) -> int:
+    found = []
+
+    def walk(o):
+        if hasattr(o, 'items'):
+            for k, v in o.items():
+                if k == 'num_classes' and isinstance(v, int):
+                    found.append(v)
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+    walk(model_cfg)
+    return min(found) if found else 1
+
+
+def benchmark_configs(config: str, baseline: str, shape: Sequence[int], batch_size: int = 2,
+                      repeats: int = 5, warmup: int = 1, device: str = 'cpu',
+                      measure_memory: bool = True, log: Callable[[str], None] = print
+                      ) -> Dict[str, Any]:
+    """Train-step/inference comparison of ``config`` against ``baseline`` (paths)."""
+    import os
+    names = [os.path.splitext(os.path.basename(p))[0] for p in (config, baseline)]
+    if names[0] == names[1]:
+        names = ['model', 'baseline']
+    steps = {}
+    for name, path in zip(names, (config, baseline)):
+        log(f'building {name} ({path})')
+        steps[name] = model_steps(path, shape, batch_size, device)
+    rows = compare_steps(steps, names[1], repeats, warmup, device, measure_memory=measure_memory,
+                         log=log)
+    info = machine_info(device)
+    return dict(rows=rows, info=info, markdown=model_table(rows, info, shape, batch_size, repeats))
+
+
+def model_table(rows: Sequence[Dict[str, Any]], info: Optional[Dict[str, Any]] = None,
+                shape: Optional[Sequence[int]] = None, batch_size: Optional[int] = None,
+                repeats: Optional[int] = None) -> str:
+    lines = []
+    if info:
+        lines += [f'Measured {info["date"]} on {info["device"]} '
+                  f'({info.get("gpu") or info["processor"]}, {info["threads"]} threads), torch '
+                  f'{info["torch"]}' + (f', batch {batch_size} of {shape[0]}x{shape[1]}'
+                                        if shape else '')
+                  + (f', medians of {repeats} repeats' if repeats else '') + '.', '']
+    lines += ['| Model | Step | time ms (median [p25–p75]) | time ratio to baseline | '
+              'peak MiB | memory ratio |', '|---|---|---|---|---|---|']
+    for r in rows:
+        peak = '-' if r['peak'] is None else f'{r["peak"] / 2**20:.1f}'
+        mem = '-' if r['mem_ratio'] is None else f'{r["mem_ratio"]:.2f}×'
+        lines.append(f'| {r["model"]}{" (baseline)" if r["model"] == r["baseline"] else ""} | '
+                     f'{r["kind"]} | {r["median"] * 1e3:.1f} [{r["p25"] * 1e3:.1f}–'
+                     f'{r["p75"] * 1e3:.1f}] | {r["ratio"]:.2f}× | {peak} | {mem} |')
+    return '\n'.join(lines) + '\n'

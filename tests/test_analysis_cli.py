@@ -1,0 +1,64 @@
+"""The analysis CLIs: --help, clear errors (bad config path, unknown layer), the model benchmark's
+bookkeeping with a fake clock, and the tiny layer benchmark end to end."""
+import os
+
+import pytest
+
+from convzoo_mm.analysis.model_bench import compare_steps, model_table
+from tests.utils import run_tool
+
+TOOLS = ['get_flops.py', 'benchmark_layers.py', 'benchmark_model.py', 'erf.py',
+         'visualize_layers.py', 'summarize.py']
+
+
+@pytest.mark.parametrize('tool', TOOLS)
+def test_help(tool):
+    proc = run_tool(f'analysis/{tool}', '--help')
+    assert 'usage:' in proc.stdout and 'example' in proc.stdout
+
+
+def test_bad_config_path_and_unknown_layer_are_clear_errors(tmp_path):
+    with pytest.raises(AssertionError, match='config file not found: nope.py'):
+        run_tool('analysis/get_flops.py', 'nope.py', '--shape', '64', '64')
+    with pytest.raises(AssertionError, match=r"unknown layer\(s\) \['Nope'\]; available"):
+        run_tool('analysis/benchmark_layers.py', '--layers', 'Nope', '--out-dir', str(tmp_path))
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_compare_steps_ratios_from_both_models():
+    clock = Clock()
+
+    def cost(dt):
+        def step():
+            clock.now += dt
+        return step
+
+    steps = {'wt': dict(train=cost(3.0), infer=cost(1.0)),
+             'base': dict(train=cost(2.0), infer=cost(2.0))}
+    rows = compare_steps(steps, 'base', repeats=3, warmup=1, timer=clock, measure_memory=False,
+                         log=lambda s: None)
+    by = {(r['model'], r['kind']): r for r in rows}
+    assert by[('wt', 'train')]['median'] == 3.0 and by[('base', 'train')]['median'] == 2.0
+    assert by[('wt', 'train')]['ratio'] == pytest.approx(1.5)
+    assert by[('wt', 'infer')]['ratio'] == pytest.approx(0.5)
+    assert by[('base', 'infer')]['ratio'] == 1.0
+    table = model_table(rows)
+    assert '| wt | train | 3000.0 [3000.0–3000.0] | 1.50× |' in table
+    assert '| base (baseline) | infer |' in table
+    with pytest.raises(ValueError, match='baseline'):
+        compare_steps(steps, 'nope', log=lambda s: None)
+
+
+def test_layer_benchmark_cli_tiny(tmp_path):
+    proc = run_tool('analysis/benchmark_layers.py', '--preset', 'tiny', '--layers', 'WTConv',
+                    '--repeats', '1', '--warmup', '0', '--formats', 'nchw', '--out-dir',
+                    str(tmp_path), env=dict(OMP_NUM_THREADS='1'))
+    assert '| WTConv | C8@16² L2 | published WTConv2d |' in proc.stdout
+    assert sorted(os.listdir(tmp_path)) == ['benchmark_layers.json', 'benchmark_layers.md',
+                                            'benchmark_layers.png']
