@@ -113,10 +113,11 @@ def test_counted_modules_replace_traced_counts():
 
 
 def _layer(name):
+    file = {'WTConv': 'wtconv', 'OctaveConv': 'octconv', 'DRConv': 'drconv'}[name]
     try:
-        module = importlib.import_module(f'convzoo_mm.layers.{name.lower()}')
+        module = importlib.import_module(f'convzoo_mm.layers.{file}')
     except ImportError:
-        pytest.skip(f'convzoo_mm.layers.{name.lower()} has not landed')
+        pytest.skip(f'convzoo_mm.layers.{file} has not landed')
     return module
 
 
@@ -152,3 +153,59 @@ def test_wtconv_in_a_model_plus_pointwise():
     pointwise = conv_macs(1, 8, 16, 1, 8, 8)
     assert res['flops'] == conv_macs(1, 3, 8, 1, 8, 8) + base + level + pointwise
     assert res['by_module']['1'] == base + level + pointwise
+
+
+@pytest.mark.parametrize('stride,size', [(1, (14, 14)), (1, (15, 11)), (2, (15, 12))])
+def test_octaveconv_count_is_the_four_paths(stride, size):
+    """Four convs: HH at full resolution, LH/HL/LL at half resolution ceil(n/2) (stride 2: every
+    path one octave lower). The traced convs of the layer must add up to the same."""
+    oc = _layer('OctaveConv').OctaveConv
+    n, c_in, c_out, k = 2, 8, 12, 3
+    h, w = size
+    layer = oc(c_in, c_out, k, stride=stride, padding=1, alpha_in=0.5, alpha_out=0.25)
+    res = get_model_complexity(nn.Sequential(layer), torch.randn(n, c_in, h, w))
+    hi_in, lo_in = 4, 4
+    lo_out = round(0.25 * c_out)
+    hi_out = c_out - lo_out
+
+    def half(v):
+        return (v + 1) // 2
+
+    hh, hw = (h, w) if stride == 1 else (half(h), half(w))    # high-branch output size
+    lh, lw = half(hh), half(hw)                                # low-branch output size
+    expect = (conv_macs(n, hi_in, hi_out, k, hh, hw)           # H -> H
+              + conv_macs(n, lo_in, hi_out, k, lh, lw) * (stride == 1)  # L -> H (then upsample)
+              + conv_macs(n, lo_in, hi_out, k, hh, hw) * (stride == 2)  # L -> H at stride 2
+              + conv_macs(n, hi_in, lo_out, k, lh, lw)         # H -> L (pooled first)
+              + conv_macs(n, lo_in, lo_out, k, lh, lw))        # L -> L
+    assert res['flops'] == expect
+    # the convs mmengine's plain trace sees add up to the same (upsampling is counted apart)
+    from mmengine.analysis import FlopAnalyzer
+    traced = FlopAnalyzer(layer, (torch.randn(n, c_in, h, w), ))
+    traced.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    assert traced.by_operator()['conv'] == expect
+
+
+def test_octaveconv_alpha0_is_a_plain_conv():
+    oc = _layer('OctaveConv').OctaveConv
+    res = get_model_complexity(oc(6, 10, 3, stride=2, padding=1, alpha_in=0., alpha_out=0.),
+                               torch.randn(1, 6, 9, 9))
+    assert res['flops'] == conv_macs(1, 6, 10, 3, 5, 5)
+
+
+def test_drconv_count_is_guide_generator_and_one_conv():
+    """DRConv = guide conv (C -> m) + generator (1x1 C -> h on the k x k pooled map, grouped
+    1x1 h -> m*out*C/g) + ONE conv's worth of region filtering (not m: the naive form, which the
+    trace sees, costs m convs)."""
+    dr = _layer('DRConv').DRConv
+    n, c, o, k, m, h, w = 2, 8, 6, 3, 4, 10, 9
+    layer = dr(c, o, k, stride=1, padding=1, num_regions=m)
+    res = get_model_complexity(nn.Sequential(layer), torch.randn(n, c, h, w))
+    hid = m * m
+    expect = (conv_macs(n, c, m, k, h, w)                       # guide
+              + conv_macs(n, c, hid, 1, k, k)                   # generator hidden 1x1
+              + conv_macs(n, hid, m * o * c, 1, k, k, groups=m)  # generator output, grouped
+              + conv_macs(n, c, o, k, h, w))                    # region conv = one conv
+    assert res['flops'] == expect
+    naive_extra = (m - 1) * conv_macs(n, c, o, k, h, w)
+    assert res['layers']['0']['traced_flops'] >= expect + naive_extra
