@@ -57,8 +57,14 @@ def compare_steps(steps: Dict[str, Dict[str, Callable[[], Any]]], baseline: str,
 
 
 def model_steps(config: str, shape: Sequence[int], batch_size: int = 2, device: str = 'cpu',
-                cfg_options: Optional[Dict[str, Any]] = None) -> Dict[str, Callable[[], Any]]:
-    """``{'train': fn, 'infer': fn}`` for the model of ``config`` on a random batch."""
+                cfg_options: Optional[Dict[str, Any]] = None, part: str = 'model'
+                ) -> Dict[str, Callable[[], Any]]:
+    """``{'train': fn, 'infer': fn}`` for the model of ``config`` on a random batch.
+
+    ``part='backbone'`` times only ``model.backbone``: train = forward, ``sum of the means of
+    its outputs`` backward, SGD step; infer = forward under no_grad."""
+    if part not in ('model', 'backbone'):
+        raise ValueError(f"part must be 'model' or 'backbone', got {part!r}")
     from .mm_models import build_model, config_scope, dummy_batch, load_config
     cfg = load_config(config, cfg_options)
     scope = config_scope(cfg)
@@ -72,6 +78,26 @@ def model_steps(config: str, shape: Sequence[int], batch_size: int = 2, device: 
         test_batch = dummy_batch(model, scope, shape, batch_size, training=False)
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
+
+    if part == 'backbone':
+        backbone, images = model.backbone, train_batch['inputs']
+
+        def train_backbone():
+            backbone.train()
+            optim.zero_grad(set_to_none=True)
+            outs = backbone(images)
+            outs = outs if isinstance(outs, (tuple, list)) else [outs]
+            loss = sum(o.float().mean() for o in outs)
+            loss.backward()
+            optim.step()
+            return float(loss.detach())
+
+        def infer_backbone():
+            backbone.eval()
+            with torch.no_grad():
+                return backbone(images)
+
+        return dict(train=train_backbone, infer=infer_backbone)
 
     def train():
         model.train()
@@ -108,9 +134,10 @@ def _num_classes(model_cfg) -> int:
 
 def benchmark_configs(config: str, baseline: str, shape: Sequence[int], batch_size: int = 2,
                       repeats: int = 5, warmup: int = 1, device: str = 'cpu',
-                      measure_memory: bool = True, log: Callable[[str], None] = print
-                      ) -> Dict[str, Any]:
-    """Train-step/inference comparison of ``config`` against ``baseline`` (paths)."""
+                      measure_memory: bool = True, log: Callable[[str], None] = print,
+                      part: str = 'model') -> Dict[str, Any]:
+    """Train-step/inference comparison of ``config`` against ``baseline`` (paths); ``part``:
+    ``'model'`` (whole detector/segmentor) or ``'backbone'``."""
     import os
     names = [os.path.splitext(os.path.basename(p))[0] for p in (config, baseline)]
     if names[0] == names[1]:
@@ -118,7 +145,7 @@ def benchmark_configs(config: str, baseline: str, shape: Sequence[int], batch_si
     steps = {}
     for name, path in zip(names, (config, baseline)):
         log(f'building {name} ({path})')
-        steps[name] = model_steps(path, shape, batch_size, device)
+        steps[name] = model_steps(path, shape, batch_size, device, part=part)
     rows = compare_steps(steps, names[1], repeats, warmup, device, measure_memory=measure_memory,
                          log=log)
     info = machine_info(device)

@@ -29,6 +29,8 @@ def main(argv=None):
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--no-memory', action='store_true')
+    parser.add_argument('--part', default='model', choices=['model', 'backbone'],
+                        help='time the whole model (default) or only its backbone')
     parser.add_argument('--out-dir', default='work_dirs/benchmark_model')
     args = parser.parse_args(argv)
 
@@ -41,14 +43,14 @@ def main(argv=None):
     try:
         res = benchmark_configs(args.config, args.baseline, args.shape, args.batch_size,
                                 args.repeats, args.warmup, args.device, not args.no_memory,
-                                log=lambda s: print(s, file=sys.stderr))
+                                log=lambda s: print(s, file=sys.stderr), part=args.part)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f'error: {e}\n')
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, 'benchmark_model.md'), 'w') as f:
         f.write(res['markdown'])
     with open(os.path.join(args.out_dir, 'benchmark_model.json'), 'w') as f:
-        json.dump(dict(info=res['info'], rows=res['rows'], config=args.config,
+        json.dump(dict(info=res['info'], rows=res['rows'], config=args.config, part=args.part,
                        baseline=args.baseline, shape=args.shape,
                        batch_size=args.batch_size), f, indent=1)
     print(res['markdown'])
