@@ -325,6 +325,7 @@ def plot_ratios(rows: Sequence[Dict[str, Any]], path: str, title: str = '') -> s
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
     import numpy as np
 
     ratios = ratio_rows(rows)
@@ -351,6 +352,9 @@ def plot_ratios(rows: Sequence[Dict[str, Any]], path: str, title: str = '') -> s
         ax.set_xticklabels(cases, fontsize=7)
         ax.set_title(name)
         ax.set_yscale('log')
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+        ax.tick_params(axis='y', which='minor', labelsize=6)
         ax.set_ylabel('speedup of the layer (reference time / layer time)')
     axes[0].legend(fontsize=7)
     if title:

@@ -130,9 +130,37 @@ def model_complexity(cfg, shape: Sequence[int], max_depth: int = 3,
     return result
 
 
+def build_backbone_spec(spec: str) -> nn.Module:
+    """Build a backbone from an inline spec ``"dict(type='WTConvNeXt', arch='tiny')"`` (a
+    ``_scope_`` key picks mmdet/mmseg, default mmdet), initialised, in eval mode."""
+    import ast
+    from mmengine.registry import init_default_scope
+    tree = ast.parse(spec, mode='eval').body
+    if not (isinstance(tree, ast.Call) and getattr(tree.func, 'id', None) == 'dict'):
+        raise ValueError(f"a backbone spec must look like dict(type='...', ...), got {spec!r}")
+    cfg = {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
+    scope = cfg.pop('_scope_', 'mmdet')
+    if scope not in SCOPES:
+        raise ValueError(f'_scope_ must be one of {list(SCOPES)}, got {scope!r}')
+    importlib.import_module('convzoo_mm')
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    init_default_scope(scope)
+    model = importlib.import_module(f'{scope}.registry').MODELS.build(cfg)
+    if hasattr(model, 'init_weights'):
+        model.init_weights()
+    return model.eval()
+
+
 def backbone_from_config(path: str, checkpoint: Optional[str] = None,
                          cfg_options: Optional[Dict[str, Any]] = None) -> nn.Module:
     """The backbone of the detector/segmentor of config ``path`` (weights from ``checkpoint``
-    if given, else its initialisation), in eval mode."""
+    if given, else its initialisation), in eval mode. ``path`` may also be an inline backbone
+    spec ``"dict(type=..., ...)"`` (see :func:`build_backbone_spec`)."""
+    if not os.path.isfile(path) and path.strip().startswith('dict('):
+        model = build_backbone_spec(path)
+        if checkpoint:
+            from mmengine.runner import load_checkpoint
+            load_checkpoint(model, checkpoint, map_location='cpu')
+        return model
     model = build_model(load_config(path, cfg_options), checkpoint)
     return model.backbone if hasattr(model, 'backbone') else model

@@ -9,6 +9,8 @@ smallest centred square holding 20% / 50% / 99% of the total (higher = wider ERF
 
 examples:
   python tools/analysis/erf.py configs/demo/A.py configs/demo/B.py --names R50 R50-WTConv
+  python tools/analysis/erf.py "dict(type='WTConvNeXt', arch='tiny', conv_type='plain')" \
+      "dict(type='WTConvNeXt', arch='tiny')" --names ConvNeXt-T WTConvNeXt-T
   python tools/analysis/erf.py CONFIG --checkpoints work_dirs/x/epoch_12.pth --images data/coco/val2017 --size 512
 """
 import argparse
@@ -22,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('configs', nargs='+', help='mmdet/mmseg configs (their backbones)')
+    parser.add_argument('configs', nargs='+', help='mmdet/mmseg configs (their backbones), or '
+                        "inline backbone specs \"dict(type='WTConvNeXt', arch='tiny')\"")
     parser.add_argument('--checkpoints', nargs='+', help="one per config ('none' for none)")
     parser.add_argument('--names', nargs='+', help='panel titles, one per config')
     parser.add_argument('--images', default='data/demo', help='image folder (recursive)')
@@ -48,7 +51,8 @@ def main(argv=None):
         images = smooth_random_images(args.num_images, args.size)
         source = f'{args.num_images} random smooth images (no images under {args.images})'
     print(f'ERF on {source}, {args.size}x{args.size}', file=sys.stderr)
-    names = args.names or [os.path.splitext(os.path.basename(c))[0] for c in args.configs]
+    names = args.names or [os.path.splitext(os.path.basename(c))[0] if os.path.isfile(c)
+                           else f'backbone{i}' for i, c in enumerate(args.configs)]
     erfs, ratios = {}, {}
     for i, (config, name) in enumerate(zip(args.configs, names)):
         ckpt = args.checkpoints[i] if args.checkpoints else None
