@@ -1,3 +1,5 @@
 """Convolution layers, one file each, registered in mmengine's root MODELS registry."""
 from .octconv import OctaveConv, OctaveConvModule  # noqa: F401,E402
 __all__ = [*globals().get('__all__', []), 'OctaveConv', 'OctaveConvModule']
+from .drconv import DRConv  # noqa: F401,E402
+__all__ = [*globals().get('__all__', []), 'DRConv']

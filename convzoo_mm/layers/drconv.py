@@ -1,0 +1,494 @@
+"""DRConv: dynamic region-aware convolution (Chen et al., CVPR 2021, arXiv 2003.12243).
+
+Math (one sample ``n``, output position ``p``, ``m`` regions)::
+
+    guide   = conv_kxk(x)                      (N, m, Ho, Wo), the layer's stride/padding/dilation
+    r(p)    = argmax_r guide[n, r, p]          one region per position
+    W[n, r] = generator(x)[n, r]               m dynamic filters (out, in/groups, k, k) per sample
+    out[n, :, p] = (W[n, r(p)] * x[n])[p] + bias
+
+Gradient (the paper's): the one-hot mask ``M`` is replaced by ``S = softmax(guide)`` in the
+backward pass, i.e. the layer is differentiated as the straight-through surrogate
+``out = sum_r (M_r + S_r - stopgrad(S_r)) * (W[n, r] * x)``. Its gradients are
+
+* ``dL/dx`` and ``dL/dW[n, r]``: those of the *selected* convolution only (``M`` is one-hot);
+* ``dL/dS[n, r, p] = <g[n, :, p], y_r[n, :, p]>`` with ``y_r = W[n, r] * x`` for **every** ``r``;
+  autograd then applies the softmax Jacobian ``dL/dguide_r = S_r (dL/dS_r - sum_q S_q dL/dS_q)``.
+
+Why it is fast (and why a custom ``autograd.Function``): written with autograd, the surrogate
+must compute all ``m`` responses ``y_r`` in the forward pass (the naive form: m convolutions,
+m times the activation memory). :class:`_RegionConv` instead computes, per sample, one im2col
+``X = unfold(x[n])`` and for each region one matmul on the columns of that region only
+(``W[n, r] @ X[:, p in region r]``): exactly the FLOPs of one plain convolution. Only ``x``,
+the region index and the generator's *factors* are saved; the backward recomputes ``X`` and
+the filters per sample and gets the guide gradient as ``<g, W[n, r] @ X>`` region by region
+(``m`` matmuls of ``out x in*k*k`` by ``in*k*k x L``; this term needs every region's response
+at every position and is therefore ``m`` times a convolution in any exact implementation),
+and ``dL/dW``, ``dL/dx`` again on each region's columns only.
+
+The per-sample filters are never stored for the whole batch: both generators are linear in
+their last layer, ``W[n, r] = bank_r @ coef[n, r]`` (see :func:`materialize_filters`), so the
+filter of one (sample, region) is rebuilt on the fly and its gradient is contracted back into
+``dL/dcoef`` and ``dL/dbank`` at once. Memory is O(one sample's im2col) instead of
+O(N * m * out * in * k^2) (151 MB at N=8, m=8, 256->256, k=3).
+
+When exported (ONNX tracing) the layer runs :func:`drconv_naive` (static shapes, same output).
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import register
+from .checks import check_choice, check_divides, check_input, check_int, check_square
+
+__all__ = ['DRConv', 'conv_output_size', 'materialize_filters', 'region_conv', 'drconv_naive']
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions
+# --------------------------------------------------------------------------------------------
+def conv_output_size(size: int, kernel_size: int, stride: int, padding: int,
+                     dilation: int) -> int:
+    """Output length of a convolution along one axis (PyTorch's formula)."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+def materialize_filters(coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
+                        out_channels: int) -> torch.Tensor:
+    """Transposed filter of one (sample, region) from the generator factors.
+
+    Layout ``(k*k*Cg, out)`` with rows ordered (tap, input channel) (``Cg = in/groups``): the
+    matrix that multiplies the im2col rows of :func:`im2col_t`.
+
+    Args:
+        coef (Tensor): ``(B, k*k)`` if ``tapwise`` else ``(B, )``: this sample's and region's
+            coefficients.
+        bank (Tensor): ``(B, Cg*out)`` (this region's bank) if ``tapwise`` else
+            ``(B, k*k*Cg*out)`` (shared by all regions).
+        tapwise (bool): ``True`` for the paper's generator (one coefficient per basis and tap,
+            a bank per region), ``False`` for the basis generator (one per basis).
+        out_channels (int): out.
+
+    Returns:
+        Tensor: ``(k*k*Cg, out)``.
+    """
+    return (coef.t() @ bank if tapwise else coef @ bank).view(-1, out_channels)
+
+
+def pad_nhwc(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """``(N, C, H, W)`` -> zero-padded channels-last copy ``(N, H+2p, W+2p, C)``."""
+    n, c, h, w = x.shape
+    out = x.new_zeros(n, h + 2 * padding, w + 2 * padding, c)
+    out[:, padding:padding + h, padding:padding + w] = x.permute(0, 2, 3, 1)
+    return out
+
+
+def im2col_t(xp: torch.Tensor, kernel_size: int, stride: int, dilation: int, out_size,
+             groups: int) -> torch.Tensor:
+    """im2col of one padded channels-last sample, transposed: ``(Hp, Wp, C)`` ->
+    ``(groups, Ho*Wo, k*k*Cg)`` with columns ordered (tap, input channel), so the positions
+    of a region are rows (cheap to gather). One strided copy (no ``F.unfold`` + transpose)."""
+    ho, wo = out_size
+    k, c = kernel_size, xp.shape[-1]
+    sh, sw, _ = xp.stride()
+    win = xp.as_strided((ho, wo, k, k, c), (stride * sh, stride * sw, dilation * sh,
+                                            dilation * sw, 1), xp.storage_offset())
+    if groups == 1:
+        return win.reshape(1, ho * wo, k * k * c)
+    win = win.reshape(ho * wo, k * k, groups, c // groups)
+    return win.permute(2, 0, 1, 3).reshape(groups, ho * wo, -1)
+
+
+def col2im_t_add_(grad_xp: torch.Tensor, cols: torch.Tensor, kernel_size: int, stride: int,
+                  dilation: int, out_size) -> None:
+    """Adjoint of :func:`im2col_t`: add ``(groups, Ho*Wo, k*k*Cg)`` into the padded
+    channels-last ``grad_xp`` ``(Hp, Wp, C)`` (overlapping windows sum), one add per tap."""
+    ho, wo = out_size
+    k, c = kernel_size, grad_xp.shape[-1]
+    g = cols.shape[0]
+    cols = cols.view(g, ho, wo, k, k, c // g)
+    for a in range(k):
+        for b in range(k):
+            tap = cols[:, :, :, a, b].permute(1, 2, 0, 3).reshape(ho, wo, c)
+            grad_xp[a * dilation:a * dilation + stride * (ho - 1) + 1:stride,
+                    b * dilation:b * dilation + stride * (wo - 1) + 1:stride] += tap
+
+
+def _region_rows(region: torch.Tensor, m: int):
+    """Positions of each region: ``[(r, index tensor)]`` for the non-empty regions."""
+    order = torch.argsort(region, stable=True)
+    counts = torch.bincount(region, minlength=m).tolist()
+    out, start = [], 0
+    for r, c in enumerate(counts):
+        if c:
+            out.append((r, order[start:start + c]))
+        start += c
+    return out
+
+
+def _grouped(w_t: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(K, out)`` -> ``(groups, K, out/groups)`` (group g uses output columns of group g)."""
+    return w_t.view(w_t.shape[0], groups, -1).transpose(0, 1)
+
+
+class _RegionConv(torch.autograd.Function):
+    """Region-selected dynamic convolution with the straight-through softmax gradient.
+
+    ``forward(x, soft, region, coef, bank, meta) -> (N, out, Ho, Wo)``: ``soft`` (N, m, Ho, Wo)
+    only receives the gradient ``<g, y_r>``; ``region`` = argmax of the guide (N, Ho, Wo) long;
+    ``coef``/``bank`` as in :func:`region_conv`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, soft, region, coef, bank, meta):
+        k, stride, padding, dilation, groups, out_channels, tapwise = meta
+        n, m = x.shape[0], soft.shape[1]
+        ho, wo = region.shape[-2:]
+        og = out_channels // groups
+        xp = pad_nhwc(x, padding)
+        out = x.new_empty(n, groups, ho * wo, og)
+        for i in range(n):
+            cols = im2col_t(xp[i], k, stride, dilation, (ho, wo), groups)
+            for r, idx in _region_rows(region[i].flatten(), m):
+                w_t = materialize_filters(coef[i, r], bank[r] if tapwise else bank, tapwise,
+                                          out_channels)
+                out[i].index_copy_(1, idx, torch.bmm(cols.index_select(1, idx),
+                                                     _grouped(w_t, groups)))
+        ctx.save_for_backward(x, region, coef, bank)
+        ctx.meta, ctx.m = meta, m
+        return out.permute(0, 1, 3, 2).reshape(n, out_channels, ho, wo)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, region, coef, bank = ctx.saved_tensors
+        k, stride, padding, dilation, groups, out_channels, tapwise = ctx.meta
+        m = ctx.m
+        n, _, h, w = x.shape
+        ho, wo = region.shape[-2:]
+        og = out_channels // groups
+        # (N, groups, L, out/groups): rows = positions, like the im2col rows
+        grad_out = grad_out.reshape(n, groups, og, ho * wo).transpose(2, 3)
+        need_x, need_soft, _, need_coef, need_bank, _ = ctx.needs_input_grad
+        need_w = need_coef or need_bank
+        xp = pad_nhwc(x, padding)
+        grad_xp = torch.zeros_like(xp) if need_x else None
+        grad_soft = x.new_empty(n, m, ho * wo) if need_soft else None  # all written
+        grad_coef = torch.zeros_like(coef) if need_coef else None
+        grad_bank = torch.zeros_like(bank) if need_bank else None
+        for i in range(n):
+            cols = im2col_t(xp[i], k, stride, dilation, (ho, wo), groups)
+            g = grad_out[i].contiguous()
+            grad_cols = torch.empty_like(cols) if need_x else None  # every row is written
+            grad_w = []  # basis generator: (r, dL/dW_r) of this sample, contracted at the end
+            rows = dict(_region_rows(region[i].flatten(), m))
+            for r in range(m):
+                if not need_soft and r not in rows:
+                    continue
+                w_t = materialize_filters(coef[i, r], bank[r] if tapwise else bank, tapwise,
+                                          out_channels)
+                w_g = _grouped(w_t, groups)
+                if need_soft:  # <g, y_r> for every region r: all m responses are needed
+                    grad_soft[i, r] = (torch.bmm(cols, w_g) * g).sum((0, 2))
+                if r not in rows:
+                    continue
+                idx = rows[r]
+                g_r = g.index_select(1, idx)
+                if grad_cols is not None:
+                    grad_cols.index_copy_(1, idx, torch.bmm(g_r, w_g.transpose(1, 2)))
+                if need_w:
+                    gw = torch.bmm(cols.index_select(1, idx).transpose(1, 2), g_r)  # (g, K, og)
+                    gw = gw.transpose(0, 1).reshape(w_t.shape)
+                    if tapwise:  # adjoint of coef.t() @ bank
+                        gw = gw.view(coef.shape[-1], -1)
+                        if need_coef:
+                            grad_coef[i, r] = bank[r] @ gw.t()
+                        if need_bank:
+                            grad_bank[r].addmm_(coef[i, r], gw)
+                    else:
+                        grad_w.append((r, gw.flatten()))
+            if grad_w:  # adjoint of coef @ bank, all regions of the sample at once
+                which = [r for r, _ in grad_w]
+                gw = torch.stack([v for _, v in grad_w])
+                if need_coef:
+                    grad_coef[i, which] = gw @ bank.t()
+                if need_bank:
+                    grad_bank.addmm_(coef[i, which].t(), gw)
+            if grad_cols is not None:
+                col2im_t_add_(grad_xp[i], grad_cols, k, stride, dilation, (ho, wo))
+        grad_x = None
+        if grad_xp is not None:
+            grad_x = grad_xp[:, padding:padding + h, padding:padding + w].permute(0, 3, 1, 2)
+            grad_x = grad_x.contiguous()
+        if grad_soft is not None:
+            grad_soft = grad_soft.view(n, m, ho, wo)
+        return grad_x, grad_soft, None, grad_coef, grad_bank, None
+
+
+def region_conv(x: torch.Tensor, soft: torch.Tensor, region: torch.Tensor, coef: torch.Tensor,
+                bank: torch.Tensor, kernel_size: int, out_channels: int, stride: int = 1,
+                padding: int = 0, dilation: int = 1, groups: int = 1,
+                tapwise: bool = True) -> torch.Tensor:
+    """Region-selected dynamic conv (the fast path), see the module docstring.
+
+    Args:
+        x (Tensor): ``(N, C, H, W)``.
+        soft (Tensor): ``(N, m, Ho, Wo)`` softmax of the guide (receives the surrogate gradient).
+        region (Tensor): ``(N, Ho, Wo)`` long, argmax of the guide.
+        coef (Tensor): ``(N, m, B, k*k)`` if ``tapwise`` else ``(N, m, B)``.
+        bank (Tensor): ``(m, B, Cg*out)`` if ``tapwise`` else ``(B, k*k*Cg*out)``, with
+            ``(tap, in, out)`` ordering (see :func:`materialize_filters`).
+        kernel_size, out_channels, stride, padding, dilation, groups (int): as in ``F.conv2d``.
+        tapwise (bool): factor layout, see :func:`materialize_filters`.
+
+    Returns:
+        Tensor: ``(N, out, Ho, Wo)``.
+    """
+    meta = (kernel_size, stride, padding, dilation, groups, out_channels, tapwise)
+    return _RegionConv.apply(x, soft, region, coef, bank, meta)
+
+
+def drconv_naive(x: torch.Tensor, mask: torch.Tensor, filters: torch.Tensor, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, groups: int = 1) -> torch.Tensor:
+    """All-m-regions form: every region's conv at every position, then the mask-weighted sum.
+
+    Static shapes (used for ONNX export and as the benchmark's naive reference); m times the
+    FLOPs and activation memory of one convolution.
+
+    Args:
+        x (Tensor): ``(N, C, H, W)``.
+        mask (Tensor): ``(N, m, Ho, Wo)`` weights of the regions (one-hot, or the STE surrogate).
+        filters (Tensor): ``(N, m, out, C/groups, k, k)``.
+
+    Returns:
+        Tensor: ``(N, out, Ho, Wo)`` = ``sum_r mask[:, r] * conv(x[n], filters[n, r])``.
+    """
+    n, c, h, w = x.shape
+    _, m, o, cg, k, _ = filters.shape
+    og = o // groups
+    # one grouped conv over the batch: group (n, g) holds the m*og filters of sample n, group g
+    weight = filters.view(n, m, groups, og, cg, k, k).transpose(1, 2).reshape(-1, cg, k, k)
+    y = F.conv2d(x.reshape(1, n * c, h, w), weight, None, stride, padding, dilation,
+                 groups=n * groups)
+    y = y.view(n, groups, m, og, *y.shape[-2:])
+    return (y * mask[:, None, :, None]).sum(2).reshape(n, o, *y.shape[-2:])
+
+
+# --------------------------------------------------------------------------------------------
+# Module
+# --------------------------------------------------------------------------------------------
+@register
+class DRConv(nn.Module):
+    """Dynamic region-aware convolution, a drop-in for an mm conv slot.
+
+    A guide conv (k x k, the layer's stride/padding/dilation, ``in -> m``) splits the output
+    plane into ``m`` regions (argmax, one-hot forward, softmax straight-through backward); a
+    filter generator produces ``m`` filters ``(out, in/groups, k, k)`` per sample; each output
+    position is convolved with the filter of its region. No static conv weight.
+
+    Generators (``P`` = trainable parameters, ``Cg = in/groups``, ``h = gen_channels``):
+
+    * ``'full'`` (the paper): ``AdaptiveAvgPool(k) -> 1x1 conv in->h (default h = m*m) ->
+      sigmoid -> 1x1 conv h -> m*out*Cg, groups=m``; the last conv's weight and bias are
+      stored transposed as ``gen_bank (m, h/m + 1, Cg, out)`` (row ``h/m`` = the bias), the
+      layout the fast path multiplies with (no per-forward copy).
+      ``P = in*h + h + h*out*Cg + m*out*Cg`` (about ``m^2*in*out/groups``: 4.2 M at 256->256,
+      m=8).
+    * ``'basis'``: a bank of ``B = num_bases`` (default m) kernels, stored as
+      ``bank (B, k, k, Cg, out)``, mixed per
+      sample and region by a small head ``global avg pool -> 1x1 in->c (default
+      max(in//16, 8)) -> ReLU -> 1x1 c->m*B -> sigmoid``:
+      ``W[n, r] = sum_b coef[n, r, b] * bank_b``.
+      ``P = B*out*Cg*k^2 + in*c + c + c*m*B + m*B`` (grows as ``m``, not ``m^2``; 4.7 M at
+      256->256, m=B=8, k=3; 1.2 M with B=2).
+
+    Both add the guide ``m*in*k^2 + m`` and the optional output bias ``out``.
+
+    FLOPs (MACs, ``count_flops``), input ``(N, C, H, W)``, output ``Ho x Wo``, ``T = k*k``:
+    ``N*Ho*Wo*m*C*T`` (guide) + ``N*Ho*Wo*out*Cg*T`` (region conv, one filter per position)
+    + generator: full ``N*(C*h*T + m*out*Cg*(h/m)*T)``; basis ``N*(C*c + c*m*B + m*B*out*Cg*T)``.
+    Pooling, sigmoid, softmax and the argmax are element-wise and not counted.
+
+    Initialisation (``init_weights``): guide conv Kaiming-normal (fan_out) so the regions follow
+    the input from the start, zero biases; the generator's last layer (``full``) or the bank
+    (``basis``) is normal with the std that gives the *generated* filters the Kaiming variance
+    ``2 / (Cg*k^2)`` (the sigmoid outputs start near 0.5, so the std is
+    ``sqrt(2 / (Cg*k^2) / (0.25*h/m))`` resp. ``sqrt(2 / (Cg*k^2) / (0.25*B))``); the generator's
+    hidden 1x1 convs Kaiming-normal (fan_in); output bias zero.
+
+    Args:
+        in_channels (int): C.
+        out_channels (int): output channels.
+        kernel_size (int | tuple[int, int]): k (square).
+        stride (int | tuple): square stride. Default: 1.
+        padding (int | tuple): square zero padding. Default: 0.
+        dilation (int | tuple): square dilation. Default: 1.
+        groups (int): must divide in and out channels. Default: 1.
+        bias (bool): learnable output bias. Default: True.
+        num_regions (int): m >= 1. Default: 8.
+        generator (str): ``'full'`` or ``'basis'``. Default: ``'full'``.
+        gen_channels (int, optional): ``'full'`` only: hidden channels h, a multiple of m.
+            Default: m*m.
+        num_bases (int, optional): ``'basis'`` only: B. Default: m.
+        head_channels (int, optional): ``'basis'`` only: head width. Default: max(in//16, 8).
+
+    Shapes:
+        input ``(N, in, H, W)`` -> output ``(N, out, Ho, Wo)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, num_regions: int = 8,
+                 generator: str = 'full', gen_channels: Optional[int] = None,
+                 num_bases: Optional[int] = None, head_channels: Optional[int] = None):
+        super().__init__()
+        self.in_channels = check_int('in_channels', in_channels)
+        self.out_channels = check_int('out_channels', out_channels)
+        k = check_square('kernel_size', kernel_size)
+        s = check_square('stride', stride)
+        p = check_square('padding', padding, min_value=0)
+        d = check_square('dilation', dilation)
+        self.groups = check_int('groups', groups)
+        check_divides('in_channels', in_channels, 'groups', groups)
+        check_divides('out_channels', out_channels, 'groups', groups)
+        if not isinstance(bias, bool):
+            raise ValueError(f'bias must be a bool, got {bias!r}')
+        self.num_regions = m = check_int('num_regions', num_regions)
+        self.generator = check_choice('generator', generator, ['full', 'basis'])
+        self.kernel_size, self.stride = (k, k), (s, s)
+        self.padding, self.dilation = (p, p), (d, d)
+        self.transposed, self.output_padding = False, (0, 0)
+        cg = in_channels // groups
+
+        self.guide = nn.Conv2d(in_channels, m, k, s, p, d, bias=True)
+        if generator == 'full':
+            for name, value in (('num_bases', num_bases), ('head_channels', head_channels)):
+                if value is not None:
+                    raise ValueError(f"{name} applies to generator='basis' only, got {name}="
+                                     f"{value!r} with generator='full'")
+            h = m * m if gen_channels is None else check_int('gen_channels', gen_channels)
+            check_divides('gen_channels', h, 'num_regions', m)
+            self.gen_channels = h
+            self.gen_pool = nn.AdaptiveAvgPool2d(k)
+            self.gen_hidden = nn.Conv2d(in_channels, h, 1)
+            # the paper's last layer, 1x1 conv h -> m*out*Cg with groups=m, stored transposed:
+            # gen_bank[r, j, c, o] = weight[r*out*Cg + o*Cg + c, j] (j < h/m), row h/m = bias
+            self.gen_bank = nn.Parameter(torch.empty(m, h // m + 1, cg, out_channels))
+        else:
+            if gen_channels is not None:
+                raise ValueError(f"gen_channels applies to generator='full' only, got "
+                                 f"gen_channels={gen_channels!r} with generator='basis'")
+            self.num_bases = b = m if num_bases is None else check_int('num_bases', num_bases)
+            c = max(in_channels // 16, 8) if head_channels is None else check_int(
+                'head_channels', head_channels)
+            self.head_channels = c
+            # bank[b, i, j, c, o] = basis kernel b at tap (i, j), input c, output o
+            self.bank = nn.Parameter(torch.empty(b, k, k, cg, out_channels))
+            self.head_hidden = nn.Conv2d(in_channels, c, 1)
+            self.head_out = nn.Conv2d(c, m * b, 1)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.init_weights()
+
+    # ---- parameters ---------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """See the class docstring (Initialisation)."""
+        k, cg, m = self.kernel_size[0], self.in_channels // self.groups, self.num_regions
+        target_var = 2.0 / (cg * k * k)
+        nn.init.kaiming_normal_(self.guide.weight, mode='fan_out', nonlinearity='relu')
+        nn.init.zeros_(self.guide.bias)
+        if self.generator == 'full':
+            nn.init.kaiming_normal_(self.gen_hidden.weight, nonlinearity='relu')
+            nn.init.zeros_(self.gen_hidden.bias)
+            per_region = self.gen_channels // m
+            with torch.no_grad():
+                nn.init.normal_(self.gen_bank, std=math.sqrt(target_var / (0.25 * per_region)))
+                self.gen_bank[:, -1].zero_()  # the bias row
+        else:
+            nn.init.normal_(self.bank, std=math.sqrt(target_var / (0.25 * self.num_bases)))
+            nn.init.kaiming_normal_(self.head_hidden.weight, nonlinearity='relu')
+            nn.init.zeros_(self.head_hidden.bias)
+            nn.init.normal_(self.head_out.weight, std=0.01)
+            nn.init.zeros_(self.head_out.bias)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    # ---- the pieces of the forward --------------------------------------------------------
+    def output_size(self, h: int, w: int) -> Tuple[int, int]:
+        k, s, p, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
+        return conv_output_size(h, k, s, p, d), conv_output_size(w, k, s, p, d)
+
+    def factors(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Generator factors ``(coef, bank)`` of :func:`region_conv` (coef with a leading batch
+        dimension; bank in the (tap, in, out) layout of :func:`materialize_filters`, a view of
+        the parameter, no copy)."""
+        n, m, k = x.shape[0], self.num_regions, self.kernel_size[0]
+        if self.generator == 'full':
+            t = torch.sigmoid(self.gen_hidden(self.gen_pool(x)))  # (N, h, k, k)
+            coef = t.view(n, m, self.gen_channels // m, k * k)
+            coef = torch.cat([coef, coef.new_ones(n, m, 1, k * k)], 2)  # the bias as a basis
+            return coef, self.gen_bank.view(m, self.gen_bank.shape[1], -1)
+        pooled = F.adaptive_avg_pool2d(x, 1)
+        coef = torch.sigmoid(self.head_out(F.relu(self.head_hidden(pooled))))
+        return coef.view(n, m, self.num_bases), self.bank.view(self.num_bases, -1)
+
+    def filters(self, x: torch.Tensor) -> torch.Tensor:
+        """All generated filters ``(N, m, out, in/groups, k, k)`` (for tests and export)."""
+        coef, bank = self.factors(x)
+        tapwise = self.generator == 'full'
+        n, m, o, k = x.shape[0], self.num_regions, self.out_channels, self.kernel_size[0]
+        flat = torch.stack([
+            torch.stack([materialize_filters(coef[i, r], bank[r] if tapwise else bank, tapwise, o)
+                         for r in range(m)]) for i in range(n)])  # (N, m, k*k*Cg, out)
+        return flat.view(n, m, k, k, -1, o).permute(0, 1, 5, 4, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in, H, W) -> (N, out, Ho, Wo)."""
+        check_input(x, self.in_channels, 'DRConv')
+        ho, wo = self.output_size(x.shape[-2], x.shape[-1])
+        if ho < 1 or wo < 1:
+            raise ValueError(
+                f'DRConv: input size {tuple(x.shape[-2:])} is too small for kernel_size='
+                f'{self.kernel_size[0]}, padding={self.padding[0]}, dilation={self.dilation[0]}')
+        k, s, p, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
+        guide = self.guide(x)
+        soft = guide.softmax(1)
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            mask = F.one_hot(guide.argmax(1), self.num_regions).permute(0, 3, 1, 2).to(x.dtype)
+            out = drconv_naive(x, mask + soft - soft.detach(), self.filters(x), s, p, d,
+                               self.groups)
+        else:
+            coef, bank = self.factors(x)
+            dtype = x.dtype
+            if torch.is_autocast_enabled(x.device.type):  # one dtype through the Function
+                dtype = torch.get_autocast_dtype(x.device.type)
+            with torch.autocast(x.device.type, enabled=False):
+                out = region_conv(x.to(dtype), soft.to(dtype), guide.argmax(1), coef.to(dtype),
+                                  bank.to(dtype), k, self.out_channels, s, p, d, self.groups,
+                                  tapwise=self.generator == 'full')
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
+        return out
+
+    def count_flops(self, input_shape) -> int:
+        """Multiply-accumulates of the forward for ``input_shape = (N, C, H, W)`` (formula in
+        the class docstring)."""
+        n, _, h, w = input_shape
+        ho, wo = self.output_size(h, w)
+        k2 = self.kernel_size[0] ** 2
+        c, o, m = self.in_channels, self.out_channels, self.num_regions
+        cg = c // self.groups
+        flops = ho * wo * (m * c * k2 + o * cg * k2)
+        if self.generator == 'full':
+            hid = self.gen_channels
+            flops += c * hid * k2 + m * o * cg * (hid // m) * k2
+        else:
+            flops += c * self.head_channels + self.head_channels * m * self.num_bases
+            flops += m * self.num_bases * o * cg * k2
+        return n * flops
+
+    def extra_repr(self) -> str:
+        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
+                f'stride={self.stride}, padding={self.padding}, dilation={self.dilation}, '
+                f'groups={self.groups}, bias={self.bias is not None}, '
+                f'num_regions={self.num_regions}, generator={self.generator!r}')

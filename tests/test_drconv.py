@@ -1,0 +1,387 @@
+"""DRConv: exactness against the naive all-m-regions computation, the straight-through gradient,
+FLOP/parameter counts, argument checks, mm integration.
+
+The oracle below is written independently of the layer's fast path: it rebuilds the paper's
+generator with plain ``F.conv2d`` calls (pool -> 1x1 -> sigmoid -> grouped 1x1) from the
+layer's parameters, runs one ``F.conv2d`` per (sample, region) and mixes the m responses with
+the straight-through mask ``onehot + softmax - softmax.detach()``, so autograd on it gives the
+documented surrogate gradient.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convzoo_mm.layers.drconv import DRConv, drconv_naive, region_conv
+
+torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- oracle
+def oracle_filters(layer, x):
+    """(N, m, out, in/groups, k, k) from the layer's parameters, the paper's way."""
+    m, o, k = layer.num_regions, layer.out_channels, layer.kernel_size[0]
+    cg = layer.in_channels // layer.groups
+    n = x.shape[0]
+    if layer.generator == 'full':
+        hm = layer.gen_channels // m
+        t = torch.sigmoid(F.conv2d(F.adaptive_avg_pool2d(x, k), layer.gen_hidden.weight,
+                                   layer.gen_hidden.bias))
+        # gen_bank[r, j, c, o] is weight[r*out*Cg + o*Cg + c, j] of the grouped 1x1 conv
+        w2 = layer.gen_bank[:, :hm].permute(0, 3, 2, 1).reshape(m * o * cg, hm, 1, 1)
+        b2 = layer.gen_bank[:, hm].permute(0, 2, 1).reshape(-1)
+        return F.conv2d(t, w2, b2, groups=m).view(n, m, o, cg, k, k)
+    pooled = x.mean((2, 3), keepdim=True)
+    hid = F.relu(F.conv2d(pooled, layer.head_hidden.weight, layer.head_hidden.bias))
+    coef = torch.sigmoid(F.conv2d(hid, layer.head_out.weight, layer.head_out.bias))
+    coef = coef.view(n, m, layer.num_bases)
+    kernels = layer.bank.permute(0, 4, 3, 1, 2)  # (B, out, Cg, k, k)
+    return torch.einsum('nrb,boikl->nroikl', coef, kernels)
+
+
+def oracle(layer, x, guide_out=None):
+    """Surrogate forward: value = one-hot selection, gradient = the paper's."""
+    s, p, d, g = layer.stride[0], layer.padding[0], layer.dilation[0], layer.groups
+    guide = F.conv2d(x, layer.guide.weight, layer.guide.bias, s, p, d)
+    if guide_out is not None:
+        guide.retain_grad()
+        guide_out.append(guide)
+    soft = guide.softmax(1)
+    onehot = F.one_hot(guide.argmax(1), layer.num_regions).permute(0, 3, 1, 2).to(x.dtype)
+    mask = onehot + soft - soft.detach()
+    filters = oracle_filters(layer, x)
+    outs = []
+    for n in range(x.shape[0]):
+        y = 0
+        for r in range(layer.num_regions):
+            y = y + mask[n:n + 1, r:r + 1] * F.conv2d(x[n:n + 1], filters[n, r], None, s, p, d, g)
+        outs.append(y)
+    out = torch.cat(outs)
+    if layer.bias is not None:
+        out = out + layer.bias.view(1, -1, 1, 1)
+    return out
+
+
+def make(in_c=4, out_c=6, k=3, s=1, p=1, d=1, g=1, m=4, gen='full', bias=True, seed=0, **kw):
+    torch.manual_seed(seed)
+    layer = DRConv(in_c, out_c, k, s, p, d, g, bias, num_regions=m, generator=gen, **kw).double()
+    with torch.no_grad():  # non-trivial values everywhere (init zeroes the biases)
+        for prm in layer.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+    return layer
+
+
+CASES = [  # in, out, k, stride, padding, dilation, groups, m, H, W
+    (4, 6, 3, 1, 1, 1, 1, 4, 7, 9),
+    (4, 6, 3, 2, 1, 1, 2, 3, 9, 8),
+    (6, 4, 3, 1, 2, 2, 2, 8, 11, 7),
+    (3, 5, 5, 2, 2, 1, 1, 2, 13, 10),
+    (4, 4, 1, 1, 0, 1, 4, 5, 5, 6),
+    (5, 3, 3, 3, 0, 2, 1, 1, 12, 15),
+    (2, 2, 3, 1, 1, 1, 1, 16, 4, 5),
+]
+GENS = ['full', 'basis']
+
+
+@pytest.mark.parametrize('gen', GENS)
+@pytest.mark.parametrize('case', CASES)
+def test_forward_equals_naive_all_regions(gen, case):
+    in_c, out_c, k, s, p, d, g, m, h, w = case
+    layer = make(in_c, out_c, k, s, p, d, g, m, gen)
+    x = torch.randn(3, in_c, h, w, dtype=torch.double)
+    out = layer(x)
+    ref = oracle(layer, x)
+    assert out.shape == ref.shape == (3, out_c, (h + 2 * p - d * (k - 1) - 1) // s + 1,
+                                      (w + 2 * p - d * (k - 1) - 1) // s + 1)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('gen', GENS)
+@pytest.mark.parametrize('case', CASES[:4])
+def test_gradients_equal_the_surrogate(gen, case):
+    """x, generator, guide and bias gradients equal autograd on the naive surrogate."""
+    in_c, out_c, k, s, p, d, g, m, h, w = case
+    layer = make(in_c, out_c, k, s, p, d, g, m, gen)
+    x = torch.randn(2, in_c, h, w, dtype=torch.double, requires_grad=True)
+    out = layer(x)
+    grad = torch.randn_like(out)
+    params = [x] + list(layer.parameters())
+    got = torch.autograd.grad(out, params, grad)
+    want = torch.autograd.grad(oracle(layer, x), params, grad)
+    names = ['x'] + [n for n, _ in layer.named_parameters()]
+    for name, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+    assert got[names.index('guide.weight')].abs().sum() > 0  # the guide does learn
+
+
+def test_guide_gradient_is_softmax_jacobian_of_region_responses():
+    """dL/dguide_r = S_r (a_r - sum_q S_q a_q), a_r = <g, y_r>, computed directly here."""
+    layer = make(4, 5, 3, 1, 1, 1, 1, 4, 'full')
+    x = torch.randn(2, 4, 6, 7, dtype=torch.double)
+    guides = []
+    def keep(module, inputs, output):
+        output.retain_grad()
+        guides.append(output)
+
+    hook = layer.guide.register_forward_hook(keep)
+    out = layer(x)
+    hook.remove()
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    guide = guides[0].detach()
+    soft = guide.softmax(1)
+    filters = oracle_filters(layer, x).detach()
+    a = torch.stack([torch.stack([(F.conv2d(x[n:n + 1], filters[n, r], None, 1, 1) * grad[n])
+                                  .sum(1)[0] for r in range(4)]) for n in range(2)])
+    want = soft * (a - (soft * a).sum(1, keepdim=True))
+    torch.testing.assert_close(guides[0].grad, want, rtol=1e-9, atol=1e-12)
+
+
+def test_mask_is_one_hot_argmax_not_softmax_mixture():
+    layer = make(3, 4, 3, 1, 1, 1, 1, 3, 'full')
+    x = torch.randn(1, 3, 6, 6, dtype=torch.double)
+    out = layer(x) - layer.bias.view(1, -1, 1, 1)
+    guide = layer.guide(x)
+    filters = oracle_filters(layer, x)
+    ys = torch.stack([F.conv2d(x, filters[0, r], None, 1, 1)[0] for r in range(3)])  # (m,o,h,w)
+    picked = torch.gather(ys, 0, guide.argmax(1)[:, None].expand(1, 4, 6, 6))[0]
+    torch.testing.assert_close(out[0], picked, rtol=1e-10, atol=1e-10)
+    mixture = (ys * guide.softmax(1)[0][:, None]).sum(0)
+    assert (out[0] - mixture).abs().max() > 1e-3
+    # every position equals exactly one region response, and it is the argmax one
+    dist = (ys - out[0][None]).abs().amax(1)  # (m, h, w)
+    assert torch.equal((dist < 1e-10).double().sum(0), torch.ones(6, 6, dtype=torch.double))
+
+
+@pytest.mark.parametrize('gen', GENS)
+def test_one_region_is_a_conv_with_the_generated_filter(gen):
+    layer = make(4, 6, 3, 2, 1, 1, 2, 1, gen)
+    x = torch.randn(2, 4, 9, 8, dtype=torch.double, requires_grad=True)
+    out = layer(x)
+    filters = oracle_filters(layer, x)
+    ref = torch.cat([F.conv2d(x[n:n + 1], filters[n, 0], layer.bias, 2, 1, 1, 2)
+                     for n in range(2)])
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    out.sum().backward()
+    assert layer.guide.weight.grad.abs().max() == 0  # softmax over one region is constant
+
+
+@pytest.mark.parametrize('tapwise', [True, False])
+@pytest.mark.parametrize('s,d,g', [(1, 1, 1), (2, 2, 2)])
+def test_gradcheck_region_conv(tapwise, s, d, g):
+    """Finite differences (float64) for x and the generator factors (the region map fixed);
+    the soft input gets <g, y_r>, checked against autograd on the all-m surrogate."""
+    torch.manual_seed(1)
+    n, c, o, k, m, h, w, b = 2, 4, 4, 3, 3, 7, 6, 2
+    cg = c // g
+    ho, wo = (h + 2 - d * 2 - 1) // s + 1, (w + 2 - d * 2 - 1) // s + 1
+    x = torch.randn(n, c, h, w, dtype=torch.double, requires_grad=True)
+    guide = torch.randn(n, m, ho, wo, dtype=torch.double)
+    region = guide.argmax(1)
+    coef = torch.randn(*((n, m, b, k * k) if tapwise else (n, m, b)), dtype=torch.double,
+                       requires_grad=True)
+    bank = torch.randn(*((m, b, cg * o) if tapwise else (b, k * k * cg * o)),
+                       dtype=torch.double, requires_grad=True)
+
+    def f(x_, coef_, bank_):
+        return region_conv(x_, guide.softmax(1), region, coef_, bank_, k, o, s, 1, d, g, tapwise)
+
+    assert torch.autograd.gradcheck(f, (x, coef, bank), eps=1e-6, atol=1e-7)
+
+    soft = guide.softmax(1).requires_grad_()
+    out = region_conv(x, soft, region, coef, bank, k, o, s, 1, d, g, tapwise)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, soft, grad)[0]
+    # filters (N, m, out, Cg, k, k) built with einsum here, all-m surrogate via drconv_naive
+    if tapwise:
+        wt = torch.einsum('nrbt,rbq->nrtq', coef, bank)
+    else:
+        wt = torch.einsum('nrb,bq->nrq', coef, bank)
+    filt = wt.reshape(n, m, k, k, cg, o).permute(0, 1, 5, 4, 2, 3)
+    onehot = F.one_hot(region, m).permute(0, 3, 1, 2).double()
+    soft2 = soft.detach().requires_grad_()
+    ref = drconv_naive(x, onehot + soft2 - soft2.detach(), filt, s, 1, d, g)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got, torch.autograd.grad(ref, soft2, grad)[0], rtol=1e-9,
+                               atol=1e-10)
+
+
+def test_channels_last_and_batch_independence():
+    layer = make(4, 6, 3, 1, 1, 1, 2, 4, 'full')
+    x = torch.randn(3, 4, 8, 9, dtype=torch.double)
+    out = layer(x)
+    torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), out)
+    torch.testing.assert_close(layer(x[1:2]), out[1:2])  # no cross-sample mixing
+
+
+def test_autocast_bf16_close_to_fp32():
+    torch.manual_seed(0)
+    layer = DRConv(8, 8, 3, padding=1, num_regions=4)
+    x = torch.randn(2, 8, 10, 10)
+    ref = layer(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        guide = layer.guide(x)
+        out = layer(x)
+    # bf16 may flip the argmax where two guide logits are within rounding: compare elsewhere
+    top2 = guide.float().topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1] > 0.1)[:, None].expand_as(ref)
+    assert out.dtype == torch.bfloat16
+    assert clear.float().mean() > 0.5
+    err = (out.float() - ref)[clear].abs().max() / ref.abs().max()
+    assert err < 3e-2
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+
+
+# ----------------------------------------------------------------------------- counts
+def test_count_flops_matches_torch_flop_counter():
+    """count_flops vs torch's FlopCounterMode (2 FLOPs per MAC) on the paper's ops: the guide
+    conv, the generator convs, and one plain conv (one filter per output position)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    for gen, kw in (('full', {}), ('full', dict(gen_channels=12)), ('basis', dict(num_bases=3))):
+        layer = make(6, 8, 3, 2, 2, 2, 2, 4, gen, **kw)
+        x = torch.randn(2, 6, 15, 12, dtype=torch.double)
+        with FlopCounterMode(display=False) as fc:
+            F.conv2d(x, layer.guide.weight, None, 2, 2, 2)
+            oracle_filters(layer, x)
+            F.conv2d(x, torch.zeros(8, 3, 3, 3, dtype=torch.double), None, 2, 2, 2, 2)
+        assert layer.count_flops(tuple(x.shape)) == fc.get_total_flops() // 2
+
+
+@pytest.mark.parametrize('gen,kw', [('full', {}), ('full', dict(gen_channels=8)),
+                                    ('basis', {}), ('basis', dict(num_bases=2, head_channels=5))])
+def test_parameter_count_formula(gen, kw):
+    c, o, k, g, m = 16, 8, 3, 2, 4
+    layer = DRConv(c, o, k, padding=1, groups=g, num_regions=m, generator=gen, **kw)
+    cg = c // g
+    guide = m * c * k * k + m
+    if gen == 'full':
+        h = kw.get('gen_channels', m * m)
+        want = c * h + h + h * o * cg + m * o * cg
+    else:
+        b, hc = kw.get('num_bases', m), kw.get('head_channels', max(c // 16, 8))
+        want = b * o * cg * k * k + c * hc + hc + hc * m * b + m * b
+    assert sum(p.numel() for p in layer.parameters()) == want + guide + o
+
+
+@pytest.mark.parametrize('gen', GENS)
+def test_init_gives_kaiming_scaled_filters(gen):
+    torch.manual_seed(0)
+    layer = DRConv(64, 64, 3, padding=1, num_regions=8, generator=gen)
+    x = torch.randn(4, 64, 16, 16)
+    with torch.no_grad():
+        std = oracle_filters(layer, x).std().item()
+        target = math.sqrt(2 / (64 * 9))
+        assert 0.6 * target < std < 1.6 * target
+        regions = layer.guide(x).argmax(1)
+    assert len(regions.unique()) >= 4  # the guide splits the plane from the start
+
+
+# ----------------------------------------------------------------------------- checks
+@pytest.mark.parametrize('kwargs,word', [
+    (dict(num_regions=0), 'num_regions'),
+    (dict(num_regions=2.5), 'num_regions'),
+    (dict(groups=3), 'groups'),
+    (dict(in_channels=6, out_channels=9, groups=2), 'out_channels'),
+    (dict(kernel_size=(3, 5)), 'kernel_size'),
+    (dict(stride=0), 'stride'),
+    (dict(padding=-1), 'padding'),
+    (dict(generator='dense'), 'generator'),
+    (dict(gen_channels=6), 'gen_channels'),
+    (dict(generator='basis', gen_channels=16), 'gen_channels'),
+    (dict(num_bases=2), 'num_bases'),
+    (dict(generator='basis', num_bases=0), 'num_bases'),
+    (dict(bias='yes'), 'bias'),
+])
+def test_bad_arguments_raise_value_error(kwargs, word):
+    args = dict(in_channels=4, out_channels=4, kernel_size=3, num_regions=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=word):
+        DRConv(**args)
+
+
+def test_bad_inputs_raise_value_error():
+    layer = DRConv(4, 4, 3, num_regions=2)
+    with pytest.raises(ValueError, match='4D'):
+        layer(torch.randn(4, 5, 5))
+    with pytest.raises(ValueError, match='in_channels'):
+        layer(torch.randn(1, 3, 5, 5))
+    with pytest.raises(ValueError, match='too small'):
+        layer(torch.randn(1, 4, 2, 5))
+
+
+def test_shape_fuzzing():
+    hypothesis = pytest.importorskip('hypothesis')
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+    @hypothesis.given(h=st.integers(1, 97), w=st.integers(1, 97), n=st.integers(1, 2),
+                      cg=st.integers(1, 3), og=st.integers(1, 3), g=st.integers(1, 2),
+                      k=st.sampled_from([1, 3, 5]), s=st.integers(1, 3), d=st.integers(1, 2),
+                      p=st.integers(0, 3), m=st.integers(1, 9), gen=st.sampled_from(GENS))
+    def check(h, w, n, cg, og, g, k, s, d, p, m, gen):
+        layer = DRConv(cg * g, og * g, k, s, p, d, g, num_regions=m, generator=gen)
+        x = torch.randn(n, cg * g, h, w)
+        ho = (h + 2 * p - d * (k - 1) - 1) // s + 1
+        wo = (w + 2 * p - d * (k - 1) - 1) // s + 1
+        if ho < 1 or wo < 1:
+            with pytest.raises(ValueError, match='too small'):
+                layer(x)
+            return
+        out = layer(x)
+        assert out.shape == (n, og * g, ho, wo)
+        assert torch.isfinite(out).all()
+
+    check()
+
+
+# ----------------------------------------------------------------------------- mm integration
+def test_mmcv_conv_contract():
+    """build_conv_layer(cfg, 4, 8, 3, dilation=2) and ConvModule read the attributes back and
+    keep our init (ConvModule skips Kaiming when the conv has init_weights)."""
+    pytest.importorskip('mmcv')
+    from mmcv.cnn import ConvModule, build_conv_layer
+    import convzoo_mm  # noqa: F401  (registers DRConv)
+    conv = build_conv_layer(dict(type='DRConv', num_regions=3), 4, 8, 3, stride=1, padding=2,
+                            dilation=2, groups=1, bias=False)
+    assert isinstance(conv, DRConv)
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.transposed, conv.output_padding) == (
+        4, 8, (3, 3), (1, 1), (2, 2), (2, 2), 1, False, (0, 0))
+    assert conv.bias is None
+    torch.manual_seed(0)
+    module = ConvModule(4, 8, 3, padding=2, dilation=2, conv_cfg=dict(type='DRConv', num_regions=3),
+                        norm_cfg=dict(type='BN'))
+    torch.manual_seed(0)
+    fresh = DRConv(4, 8, 3, padding=2, dilation=2, bias=False, num_regions=3)
+    torch.testing.assert_close(module.conv.gen_bank, fresh.gen_bank)  # no Kaiming overwrite
+    x = torch.randn(2, 4, 9, 11)
+    out = module(x)
+    assert out.shape == (2, 8, 9, 11)
+    out.sum().backward()
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    pytest.importorskip('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    torch.manual_seed(0)
+    layer = DRConv(4, 6, 3, 2, 1, 1, 2, num_regions=3).eval()
+    x = torch.randn(2, 4, 9, 10)
+    path = str(tmp_path / 'drconv.onnx')
+    torch.onnx.export(layer, (x, ), path, input_names=['x'], output_names=['y'], dynamo=False)
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    got = sess.run(None, {'x': x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), layer(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    layer = DRConv(4, 6, 3, 1, 1, num_regions=3)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    compiled = torch.compile(layer)
+    out = compiled(x)
+    torch.testing.assert_close(out, layer(x))
+    g = torch.autograd.grad(out.sum(), x)[0]
+    torch.testing.assert_close(g, torch.autograd.grad(layer(x).sum(), x)[0])
