@@ -1,0 +1,361 @@
+"""WTConv: wavelet convolution (Finder et al., "Wavelet Convolutions for Large Receptive Fields",
+ECCV 2024, arXiv 2407.05848).
+
+A depthwise k x k conv on the input plus, per wavelet level, a depthwise k x k conv on the four
+subbands of a 2-D wavelet transform of the previous level's low-pass band; the filtered subbands
+are recombined from the deepest level up with the inverse transform. The receptive field grows
+about 2^L * k while the parameters grow linearly in L.
+
+Layout: subbands are kept as (N, C, 4, h, w) with band order LL, high-along-rows,
+high-along-columns, HH, so ``reshape(N, 4C, h, w)`` gives the published channel order c*4 + band.
+
+Borders: an odd height/width is zero-padded by one row/column at the bottom/right before each
+transform and the reconstruction is cropped back (as published). Haar/db1 (2 taps) needs nothing
+else. Longer orthogonal wavelets (db2, sym4, coif1, ...) use *periodic* extension, which keeps the
+transform orthogonal, so analysis followed by synthesis returns the input exactly at any size (the
+published layer zero-pads them by L/2-1 on each side, which is not invertible at the borders).
+
+Fast path (why it is fast): for Haar the transform and its inverse are a pixel (un)shuffle plus one
+4x4 mix of the bands (a tiny matmul over (N*C) batches) instead of stride-2 grouped (transposed)
+convs; the learnable per-channel scales are folded into the depthwise conv weights (a scale after
+a depthwise conv is a scale of its kernel), so no extra full-size elementwise passes run; the
+deeper reconstruction is added into the LL band in place of a concatenation; and with stride 2 only
+the even output pixels of the top-level inverse transform are formed. Every other wavelet takes
+the general conv-based path. Both paths are tested against the straightforward published
+computation (``convzoo_mm.analysis.references.PublishedWTConv2d``).
+"""
+import functools
+import math
+from typing import Optional, Tuple
+
+import pywt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import register
+from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
+                     same_padding)
+
+__all__ = ['WTConv', 'wavelet_filter_bank', 'wavelet_analysis', 'wavelet_synthesis',
+           'haar_analysis', 'haar_synthesis']
+
+# ----------------------------------------------------------------------------- the math
+def check_wavelet(wt_type) -> pywt.Wavelet:
+    """Return ``pywt.Wavelet(wt_type)`` for an orthogonal discrete wavelet, else ValueError."""
+    names = pywt.wavelist(kind='discrete')
+    if not isinstance(wt_type, str) or wt_type not in names:
+        raise ValueError(f"wt_type={wt_type!r} is not a discrete wavelet known to pywavelets; "
+                         f"use an orthogonal one such as 'db1' (Haar), 'db2', 'sym4', 'coif1' "
+                         f"(all names: pywt.wavelist(kind='discrete'))")
+    w = pywt.Wavelet(wt_type)
+    if not w.orthogonal:
+        raise ValueError(f'wt_type={wt_type!r} is not orthogonal (biorthogonal wavelets are not '
+                         f"supported); use e.g. 'db1', 'db2', 'sym4', 'coif1'")
+    return w
+
+
+def wavelet_filter_bank(wt_type: str, dtype=torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Analysis and synthesis filters, each (4, L, L), band order LL, LH(rows), HL(cols), HH.
+
+    Analysis correlates with the reversed pywavelets decomposition filters (so Haar analysis
+    equals ``pywt.dwt2(x, 'haar')``); for orthogonal wavelets the synthesis filters are the same
+    2-D filters, used in a transposed conv.
+    """
+    w = check_wavelet(wt_type)
+    lo, hi = (torch.tensor(f[::-1], dtype=torch.float64) for f in (w.dec_lo, w.dec_hi))
+    bank = torch.stack([torch.outer(lo, lo), torch.outer(hi, lo), torch.outer(lo, hi),
+                        torch.outer(hi, hi)])
+    lo_r, hi_r = (torch.tensor(f, dtype=torch.float64) for f in (w.rec_lo, w.rec_hi))
+    rec = torch.stack([torch.outer(lo_r, lo_r), torch.outer(hi_r, lo_r), torch.outer(lo_r, hi_r),
+                       torch.outer(hi_r, hi_r)])
+    return bank.to(dtype), rec.to(dtype)
+
+
+def _periodic_index(size: int, before: int, after: int, device) -> torch.Tensor:
+    return torch.arange(-before, size + after, device=device) % size
+
+
+def wavelet_analysis(x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """One level of the 2-D DWT of every channel. x: (N, C, H, W), H and W even; bank: (4, L, L).
+
+    Returns (N, C, 4, H/2, W/2). Filters longer than 2 taps see a periodic extension of x.
+    """
+    n, c, h, w = x.shape
+    size = bank.shape[-1]
+    if size > 2:
+        before = size // 2 - 1
+        after = size - 2 - before
+        x = x.index_select(2, _periodic_index(h, before, after, x.device))
+        x = x.index_select(3, _periodic_index(w, before, after, x.device))
+    weight = bank.to(x.dtype).repeat(c, 1, 1).unsqueeze(1)
+    return F.conv2d(x, weight, stride=2, groups=c).reshape(n, c, 4, h // 2, w // 2)
+
+
+def wavelet_synthesis(y: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`wavelet_analysis` for orthogonal wavelets. y: (N, C, 4, h, w) ->
+    (N, C, 2h, 2w). For filters longer than 2 taps the overhang of the transposed conv is folded
+    back periodically (the adjoint of the periodic extension)."""
+    n, c, _, h, w = y.shape
+    size = bank.shape[-1]
+    weight = bank.to(y.dtype).repeat(c, 1, 1).unsqueeze(1)
+    x = F.conv_transpose2d(y.reshape(n, 4 * c, h, w), weight, stride=2, groups=c)
+    if size > 2:
+        before = size // 2 - 1
+        after = size - 2 - before
+        for dim, length in ((2, 2 * h), (3, 2 * w)):
+            idx = _periodic_index(length, before, after, x.device)
+            shape = list(x.shape)
+            shape[dim] = length
+            x = x.new_zeros(shape).index_add_(dim, idx, x)
+    return x
+
+
+def haar_analysis(x: torch.Tensor) -> torch.Tensor:
+    """Haar DWT (same result as :func:`wavelet_analysis` with the db1 bank).
+
+    x: (N, C, H, W), H and W even -> (N, C, 4, H/2, W/2), returned as a view whose memory is
+    (N, H/2, W/2, C, 4): ``reshape(N, 4C, H/2, W/2)`` of it is a channels_last tensor with the
+    published channel order c*4 + band, ready for the depthwise level conv without a copy.
+    """
+    n, c, h, w = x.shape
+    px = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c)
+    p00, p01, p10, p11 = px[:, :, 0, :, 0], px[:, :, 0, :, 1], px[:, :, 1, :, 0], px[:, :, 1, :, 1]
+    s1, d1, s2, d2 = p00 + p01, p00 - p01, p10 + p11, p10 - p11
+    bands = torch.stack([s1 + s2, s1 - s2, d1 + d2, d1 - d2], dim=-1).mul_(0.5)
+    return bands.permute(0, 3, 4, 1, 2)
+
+
+def haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Inverse Haar DWT of ``y`` with ``ll_extra`` (N, C, h, w) added to its LL band first.
+    y: (N, C, 4, h, w) -> (N, C, 2h, 2w), channels_last."""
+    n, c, _, h, w = y.shape
+    ll, lh, hl, hh = y.permute(0, 3, 4, 1, 2).unbind(-1)          # each (N, h, w, C)
+    if ll_extra is not None:
+        ll = ll + ll_extra.permute(0, 2, 3, 1)
+    p, q, r, t = ll + lh, ll - lh, hl + hh, hl - hh
+    rows = (torch.stack([p + r, p - r], dim=3), torch.stack([q + t, q - t], dim=3))
+    out = torch.stack(rows, dim=2).mul_(0.5)                       # (N, h, 2, w, 2, C)
+    return out.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
+def haar_synthesis_even_pixels(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None):
+    """``haar_synthesis(y, ll_extra)[..., ::2, ::2]`` without forming the other three pixels."""
+    out = y.sum(dim=2)
+    if ll_extra is not None:
+        out = out + ll_extra
+    return out * 0.5
+
+
+def _pad_even(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if h % 2 or w % 2:
+        x = F.pad(x, (0, w % 2, 0, h % 2))
+    return x
+
+
+def _depthwise(x, weight, bias, dilation, kernel_size, stride=1):
+    """Depthwise conv with PyTorch 'same' padding (asymmetric for even kernels)."""
+    before, after = same_padding(kernel_size, dilation)
+    if before == after:
+        return F.conv2d(x, weight, bias, stride, before, dilation, x.shape[1])
+    out = F.conv2d(x, weight, bias, 1, 'same', dilation, x.shape[1])
+    return out[..., ::stride, ::stride] if stride > 1 else out
+
+
+# ----------------------------------------------------------------------------- the module
+class _ChannelScale(nn.Module):
+    """A learnable per-channel multiplier of shape (1, C, 1, 1) (published ``_ScaleModule``)."""
+
+    def __init__(self, channels: int, init: float):
+        super().__init__()
+        self.init = init
+        self.weight = nn.Parameter(torch.full((1, channels, 1, 1), float(init)))
+
+    def reset_parameters(self):
+        nn.init.constant_(self.weight, self.init)
+
+    def forward(self, x):
+        return self.weight * x
+
+
+@register
+class WTConv(nn.Module):
+    """Wavelet convolution, usable in any mmcv conv slot (``conv_cfg=dict(type='WTConv')``).
+
+    With ``in_channels == out_channels == groups`` it is the published depthwise ``WTConv2d``
+    (same outputs, gradients, parameters and state-dict names). Otherwise it is that depthwise
+    WTConv on the input channels followed by a 1x1 conv ``in_channels -> out_channels`` with
+    ``groups`` (the authors' advice for in != out), so it replaces a dense k x k conv.
+
+    Parameters (C = in_channels, O = out_channels, k = kernel_size, L = wt_levels):
+    depthwise part ``C*k*k + C`` (base conv + base scale) ``+ L*(4*C*k*k + 4*C)`` (level convs +
+    scales) ``+ C`` bias when depthwise-only; the pointwise part adds ``O*C/groups + O`` (bias).
+    For k=5 that is 27 + 104*L per channel (published). Wavelet filters are non-trainable buffers.
+
+    Args:
+        in_channels (int): C, channels of the input (N, C, H, W).
+        out_channels (int): O, channels of the output (N, O, ceil(H/stride), ceil(W/stride)).
+        kernel_size (int | tuple): k (square), odd or even. Default 5.
+        stride (int | tuple): output subsampling (square). The output equals the stride-1 output
+            at every stride-th pixel, as published. Default 1.
+        padding (None | str | int): only 'same' padding is supported: None, 'same', or for odd k
+            the int ``dilation*(k-1)//2`` (what mm layers pass). Anything else is an error.
+        dilation (int | tuple): dilation of all depthwise convs (base and levels). Default 1.
+        groups (int): groups of the 1x1 conv used when not depthwise-only. Default 1.
+        bias (bool): bias of the base conv (depthwise-only) or of the 1x1 conv. Default True.
+        wt_levels (int): L >= 0 wavelet levels. Default 1.
+        wt_type (str): orthogonal pywavelets wavelet name ('db1' = Haar). Default 'db1'.
+
+    Shape:
+        input (N, C, H, W) with any H, W >= 1 -> output (N, O, ceil(H/s), ceil(W/s)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=5, stride=1,
+                 padding: Optional[object] = None, dilation=1, groups: int = 1, bias: bool = True,
+                 wt_levels: int = 1, wt_type: str = 'db1'):
+        super().__init__()
+        in_channels = check_int('in_channels', in_channels)
+        out_channels = check_int('out_channels', out_channels)
+        k = check_square('kernel_size', kernel_size)
+        s = check_square('stride', stride)
+        d = check_square('dilation', dilation)
+        groups = check_int('groups', groups)
+        check_divides('in_channels', in_channels, 'groups', groups)
+        check_divides('out_channels', out_channels, 'groups', groups)
+        check_same_padding(padding, k, d)
+        self.wt_levels = check_int('wt_levels', wt_levels, 0)
+        bank, rec = wavelet_filter_bank(wt_type, torch.float64)  # cast to the input's dtype at use
+        self.wt_type = wt_type
+
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = (k, k), (s, s), (d, d)
+        self.padding = (same_padding(k, d)[0],) * 2
+        self.transposed, self.output_padding = False, (0, 0)
+        self.depthwise_only = in_channels == out_channels == groups
+        self.is_haar = bank.shape[-1] == 2
+
+        c = in_channels
+        self.register_buffer('wt_filter', bank.repeat(c, 1, 1).unsqueeze(1), persistent=False)
+        self.register_buffer('iwt_filter', rec.repeat(c, 1, 1).unsqueeze(1), persistent=False)
+        self.base_conv = nn.Conv2d(c, c, k, padding='same', dilation=d, groups=c,
+                                   bias=bias and self.depthwise_only)
+        self.base_scale = _ChannelScale(c, 1.0)
+        self.wavelet_convs = nn.ModuleList(
+            nn.Conv2d(4 * c, 4 * c, k, padding='same', dilation=d, groups=4 * c, bias=False)
+            for _ in range(self.wt_levels))
+        self.wavelet_scale = nn.ModuleList(_ChannelScale(4 * c, 0.1)
+                                           for _ in range(self.wt_levels))
+        self.pointwise = None if self.depthwise_only else nn.Conv2d(
+            c, out_channels, 1, groups=groups, bias=bias)
+        self.init_weights()
+
+    # mmengine calls this after any init_cfg of a parent, so the published init always wins.
+    def init_weights(self):
+        """Published initialisation: PyTorch's default conv init, base scale 1.0, level scales
+        0.1 (so the layer starts close to its base depthwise conv)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, 'reset_parameters'):
+                m.reset_parameters()
+
+    def extra_repr(self):
+        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
+                f'stride={self.stride}, dilation={self.dilation}, groups={self.groups}, '
+                f"wt_levels={self.wt_levels}, wt_type='{self.wt_type}'")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Published checkpoints store the frozen filters (and a ones ``stride_filter``) as
+        # parameters. They carry no learned information: check they match, then drop them.
+        for name in ('wt_filter', 'iwt_filter'):
+            saved = state_dict.pop(prefix + name, None)
+            mine = getattr(self, name)
+            if saved is not None and (saved.shape != mine.shape or not torch.allclose(
+                    saved.to(mine), mine, atol=1e-6)):
+                error_msgs.append(
+                    f'{prefix}{name}: the checkpoint\'s wavelet filters (shape '
+                    f'{tuple(saved.shape)}) differ from wt_type={self.wt_type!r} with '
+                    f'in_channels={self.in_channels}; build the layer with the wavelet it was '
+                    f'trained with')
+        state_dict.pop(prefix + 'stride_filter', None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _level_conv(self, bands: torch.Tensor, i: int) -> torch.Tensor:
+        """Scaled depthwise conv of the (N, C, 4, h, w) subbands of level i, scale folded in."""
+        n, c, _, h, w = bands.shape
+        conv = self.wavelet_convs[i]
+        weight = conv.weight * self.wavelet_scale[i].weight.reshape(-1, 1, 1, 1)
+        out = _depthwise(bands.reshape(n, 4 * c, h, w), weight, None, self.dilation[0],
+                         self.kernel_size[0])
+        return out.reshape(n, c, 4, h, w)
+
+    def _wavelet_path(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        """Sum of all levels' reconstructions at the input size (only at the even pixels when
+        the Haar stride-2 shortcut applies)."""
+        if self.is_haar:
+            analysis, synthesis = haar_analysis, haar_synthesis
+        else:
+            bank = self.wt_filter[:4, 0]
+            analysis = functools.partial(wavelet_analysis, bank=bank)
+
+            def synthesis(bands, ll_extra=None):
+                if ll_extra is not None:
+                    bands = torch.cat([(bands[:, :, 0] + ll_extra).unsqueeze(2), bands[:, :, 1:]],
+                                      dim=2)
+                return wavelet_synthesis(bands, bank)
+        filtered, shapes = [], []
+        ll = x
+        for i in range(self.wt_levels):
+            shapes.append(ll.shape[-2:])
+            bands = analysis(_pad_even(ll))
+            ll = bands[:, :, 0]
+            filtered.append(self._level_conv(bands, i))
+        rec = None
+        for i in reversed(range(self.wt_levels)):
+            if i == 0 and stride == 2 and self.is_haar:
+                return haar_synthesis_even_pixels(filtered[0], rec)
+            h, w = shapes[i]
+            rec = synthesis(filtered[i], rec)[..., :h, :w]
+        return rec
+
+    def count_flops(self, input_shape) -> int:
+        """Multiply-accumulates for an input (N, C, H, W): base conv k*k per output pixel and
+        channel; per level with padded size (Ph, Pw): analysis 4*C*Ph*Pw*L*L/4... i.e.
+        ``C*Ph*Pw*L*L`` for the transform (L taps; 4*C*Ph*Pw for Haar), ``C*Ph*Pw*k*k`` for the
+        level conv and the same as the transform for the inverse (only a quarter at the top
+        level when the Haar stride-2 shortcut runs); the 1x1 conv ``O*C/groups`` per output
+        pixel. Element-wise scales and additions are not counted (mmengine convention)."""
+        n, c, h, w = (int(v) for v in input_shape)
+        k, s = self.kernel_size[0], self.stride[0]
+        taps = self.wt_filter.shape[-1] ** 2
+        ho, wo = math.ceil(h / s), math.ceil(w / s)
+        total = c * k * k * ho * wo
+        for i in range(self.wt_levels):
+            ph, pw = h + h % 2, w + w % 2
+            transform = c * ph * pw * taps
+            inverse = transform // 4 if (i == 0 and s == 2 and self.is_haar) else transform
+            total += transform + c * ph * pw * k * k + inverse
+            h, w = ph // 2, pw // 2
+        if self.pointwise is not None:
+            total += self.out_channels * (c // self.groups) * ho * wo
+        return n * total
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) -> (N, O, ceil(H/stride), ceil(W/stride))."""
+        check_input(x, self.in_channels, 'WTConv')
+        s = self.stride[0]
+        # Depthwise convs run fastest (and the Haar path copy-free) in channels_last on CPU.
+        x = x.contiguous(memory_format=torch.channels_last)
+        scale = self.base_scale.weight.reshape(-1)
+        weight = self.base_conv.weight * scale.reshape(-1, 1, 1, 1)
+        bias = None if self.base_conv.bias is None else self.base_conv.bias * scale
+        out = _depthwise(x, weight, bias, self.dilation[0], self.kernel_size[0], s)
+        if self.wt_levels:
+            rec = self._wavelet_path(x, s)
+            if s > 1 and rec.shape[-2:] != out.shape[-2:]:
+                rec = rec[..., ::s, ::s]
+            out = out + rec
+        if self.pointwise is not None:
+            out = self.pointwise(out)
+        return out

@@ -1,0 +1,233 @@
+"""WTConv against independent oracles: the published computation, pywavelets, F.conv2d."""
+import itertools
+
+import numpy as np
+import pytest
+import pywt
+import torch
+import torch.nn.functional as F
+
+from convzoo_mm.analysis.references import PublishedWTConv2d
+from convzoo_mm.layers.wtconv import (WTConv, haar_analysis, haar_synthesis, wavelet_analysis,
+                                      wavelet_filter_bank, wavelet_synthesis)
+
+
+def _published(channels, k, stride, levels, bias=True, seed=0):
+    torch.manual_seed(seed)
+    ref = PublishedWTConv2d(channels, k, stride, bias, levels,
+                            filter_dtype=torch.float64).double()
+    for p in ref.parameters():
+        if p.requires_grad:
+            p.data.normal_()
+    return ref
+
+
+def _compare_with_published(h, w, levels, k, stride, channels=3):
+    ref = _published(channels, k, stride, levels)
+    ours = WTConv(channels, channels, k, stride, groups=channels, wt_levels=levels).double()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, channels, h, w, dtype=torch.float64, requires_grad=True)
+    y_ref, y = ref(x), ours(x)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+    g = torch.randn_like(y)
+    params_ref = [p for p in ref.parameters() if p.requires_grad]
+    grads_ref = torch.autograd.grad(y_ref, [x] + params_ref, g)
+    named = dict(ours.named_parameters())
+    params = [named[n] for n, p in ref.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(y, [x] + params, g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize('levels', [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_matches_published_layer_all_sizes(levels, stride):
+    sizes = [(1, 1), (1, 6), (2, 2), (3, 7), (8, 8), (13, 10), (17, 31)]
+    for (h, w), k in itertools.product(sizes, [3, 4, 5]):
+        _compare_with_published(h, w, levels, k, stride)
+
+
+def test_matches_published_layer_stride_3_and_large_kernel():
+    for (h, w), levels in itertools.product([(9, 9), (20, 11)], [1, 3]):
+        _compare_with_published(h, w, levels, 7, 3)
+
+
+def test_haar_analysis_equals_pywavelets():
+    x = np.random.default_rng(0).normal(size=(2, 3, 10, 14))
+    ours = haar_analysis(torch.from_numpy(x))                     # (N, C, 4, 5, 7)
+    ll, (ch, cv, cd) = pywt.dwt2(x, 'haar', axes=(-2, -1))
+    # band order LL, high along rows (pywt's horizontal detail cH), high along columns (cV), HH
+    for band, ref in enumerate([ll, ch, cv, cd]):
+        np.testing.assert_allclose(ours[:, :, band].numpy(), ref, atol=1e-12)
+    general = wavelet_analysis(torch.from_numpy(x), wavelet_filter_bank('db1', torch.float64)[0])
+    torch.testing.assert_close(general, ours, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('wt_type', ['db1', 'db2', 'db4', 'sym4', 'coif1'])
+def test_perfect_reconstruction_any_size(wt_type):
+    bank, rec = wavelet_filter_bank(wt_type, torch.float64)
+    for h, w in [(2, 2), (4, 6), (10, 8), (18, 34)]:
+        x = torch.randn(1, 2, h, w, dtype=torch.float64)
+        y = wavelet_analysis(x, bank)
+        assert y.shape == (1, 2, 4, h // 2, w // 2)
+        torch.testing.assert_close(wavelet_synthesis(y, rec), x, rtol=0, atol=1e-10)
+        # orthogonal transform: energy is preserved
+        torch.testing.assert_close(y.pow(2).sum(), x.pow(2).sum())
+    if wt_type == 'db1':
+        y = haar_analysis(x)
+        torch.testing.assert_close(haar_synthesis(y), x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('wt_type', ['db2', 'sym4'])
+def test_long_wavelet_layer_reconstructs_odd_sizes(wt_type):
+    """Level conv = identity with scale 1 and base conv = 0: one level returns the input exactly
+    (the published zero-padding borders would not)."""
+    layer = WTConv(2, 2, 3, groups=2, wt_levels=1, wt_type=wt_type).double()
+    with torch.no_grad():
+        layer.base_conv.weight.zero_()
+        layer.base_conv.bias.zero_()
+        layer.wavelet_convs[0].weight.zero_()
+        layer.wavelet_convs[0].weight[:, :, 1, 1] = 1
+        layer.wavelet_scale[0].weight.fill_(1)
+    for h, w in [(1, 1), (5, 9), (17, 6)]:
+        x = torch.randn(2, 2, h, w, dtype=torch.float64)
+        torch.testing.assert_close(layer(x), x, rtol=0, atol=1e-10)
+
+
+def test_dropin_is_depthwise_wtconv_then_pointwise():
+    torch.manual_seed(0)
+    layer = WTConv(4, 8, 3, groups=2, wt_levels=2, bias=True).double()
+    ref = PublishedWTConv2d(4, 3, 1, False, 2, filter_dtype=torch.float64).double()
+    state = {k: v for k, v in layer.state_dict().items() if not k.startswith('pointwise')}
+    ref.load_state_dict(state, strict=False)
+    x = torch.randn(2, 4, 11, 9, dtype=torch.float64)
+    expected = F.conv2d(ref(x), layer.pointwise.weight, layer.pointwise.bias, groups=2)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-10)
+    # parameter count documented in the class docstring: C*k*k + C + L*(4*C*k*k + 4*C) + O*C/g + O
+    c, o, k, levels, g = 4, 8, 3, 2, 2
+    expected_params = c * k * k + c + levels * (4 * c * k * k + 4 * c) + o * c // g + o
+    assert sum(p.numel() for p in layer.parameters()) == expected_params
+
+
+def test_published_parameter_count_per_channel():
+    layer = WTConv(10, 10, 5, groups=10, wt_levels=3)
+    assert sum(p.numel() for p in layer.parameters()) == 10 * (27 + 104 * 3)
+
+
+def test_dilation_dilates_every_depthwise_conv():
+    torch.manual_seed(0)
+    layer = WTConv(3, 3, 3, dilation=2, padding=2, groups=3, wt_levels=1).double()
+    x = torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    base = F.conv2d(x, layer.base_conv.weight, layer.base_conv.bias, padding=2, dilation=2,
+                    groups=3)
+    bands = haar_analysis(x)
+    filtered = F.conv2d(bands.reshape(1, 12, 6, 6), layer.wavelet_convs[0].weight,
+                        padding=2, dilation=2, groups=12) * layer.wavelet_scale[0].weight
+    filtered = filtered.reshape(1, 3, 4, 6, 6)
+    torch.testing.assert_close(layer(x), base + haar_synthesis(filtered), rtol=0, atol=1e-10)
+
+
+def test_filters_are_frozen_buffers_and_published_state_dict_loads():
+    ref = PublishedWTConv2d(6, 5, 2, True, 3)
+    state = ref.state_dict()
+    assert {'wt_filter', 'iwt_filter', 'stride_filter'} & set(state) >= {'wt_filter'}
+    layer = WTConv(6, 6, 5, 2, groups=6, wt_levels=3)
+    result = layer.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    names = [n for n, _ in layer.named_parameters()]
+    assert not any('filter' in n for n in names)
+    assert not any('filter' in n for n in layer.state_dict())
+    assert {n for n, _ in layer.named_buffers()} == {'wt_filter', 'iwt_filter'}
+    # filters of another wavelet are rejected with a message naming wt_type
+    other = PublishedWTConv2d(6, 5, 1, True, 1, wt_type='db1').state_dict()
+    other['wt_filter'] = other['wt_filter'] * 2
+    with pytest.raises(RuntimeError, match='wt_type'):
+        WTConv(6, 6, 5, groups=6, wt_levels=1).load_state_dict(other)
+
+
+def test_init_weights_matches_published():
+    layer = WTConv(4, 4, 5, groups=4, wt_levels=2)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(7.0)
+    layer.init_weights()
+    assert torch.all(layer.base_scale.weight == 1.0)
+    assert all(torch.all(s.weight == 0.1) for s in layer.wavelet_scale)
+    bound = 1 / np.sqrt(25)   # PyTorch default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    for conv in [layer.base_conv, *layer.wavelet_convs]:
+        assert conv.weight.abs().max() <= bound and conv.weight.std() > 0.2 * bound
+
+
+def test_channels_last_and_autocast():
+    torch.manual_seed(0)
+    layer = WTConv(8, 16, 3, wt_levels=2)
+    x = torch.randn(2, 8, 19, 22)
+    ref = layer(x)
+    torch.testing.assert_close(layer(x.to(memory_format=torch.channels_last)), ref)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        low = layer(x)
+    assert torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
+    low.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_gradcheck_float64():
+    for wt_type, stride in [('db1', 1), ('db1', 2), ('db2', 1)]:
+        layer = WTConv(2, 2, 3, stride, groups=2, wt_levels=2, wt_type=wt_type).double()
+        x = torch.randn(1, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(layer, (x, ))
+
+
+def test_mmcv_attributes():
+    layer = WTConv(4, 8, 3, stride=2, padding=2, dilation=2, groups=1, bias=False)
+    assert (layer.in_channels, layer.out_channels, layer.groups) == (4, 8, 1)
+    assert layer.kernel_size == (3, 3) and layer.stride == (2, 2)
+    assert layer.padding == (2, 2) and layer.dilation == (2, 2)
+    assert layer.transposed is False and layer.output_padding == (0, 0)
+    assert layer(torch.randn(1, 4, 9, 10)).shape == (1, 8, 5, 5)
+
+
+def test_count_flops_matches_analytic():
+    n, c, h, w, k = 2, 3, 10, 6, 5
+    plain = WTConv(c, c, k, groups=c, wt_levels=0)
+    assert plain.count_flops((n, c, h, w)) == n * c * k * k * h * w   # = depthwise F.conv2d
+    one = WTConv(c, c, k, groups=c, wt_levels=1)
+    transform = 4 * c * (h // 2) * (w // 2) * 4                        # 4C outputs x 2x2 taps
+    level_conv = 4 * c * (h // 2) * (w // 2) * k * k
+    assert one.count_flops((n, c, h, w)) == n * (c * k * k * h * w + 2 * transform + level_conv)
+
+
+BAD_ARGS = [
+    (dict(in_channels=0), 'in_channels'),
+    (dict(out_channels=-2), 'out_channels'),
+    (dict(kernel_size=0), 'kernel_size'),
+    (dict(kernel_size=(3, 5)), 'kernel_size'),
+    (dict(stride=0), 'stride'),
+    (dict(dilation=0), 'dilation'),
+    (dict(wt_levels=-1), 'wt_levels'),
+    (dict(wt_levels=1.5), 'wt_levels'),
+    (dict(wt_type='nope'), 'wt_type.*pywt.wavelist'),
+    (dict(wt_type='bior2.2'), 'wt_type.*orthogonal'),
+    (dict(groups=3), 'groups'),
+    (dict(padding=0), 'padding'),
+    (dict(padding='valid'), 'padding'),
+    (dict(kernel_size=4, padding=2), 'padding'),
+]
+
+
+@pytest.mark.parametrize('kwargs,match', BAD_ARGS)
+def test_bad_arguments(kwargs, match):
+    args = dict(in_channels=4, out_channels=8, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        WTConv(**args)
+
+
+def test_bad_inputs():
+    layer = WTConv(4, 4, 3)
+    with pytest.raises(ValueError, match='4D'):
+        layer(torch.randn(4, 8, 8))
+    with pytest.raises(ValueError, match='in_channels=4'):
+        layer(torch.randn(1, 3, 8, 8))
