@@ -148,10 +148,10 @@ class _RegionConv(torch.autograd.Function):
         n, m = x.shape[0], soft.shape[1]
         ho, wo = region.shape[-2:]
         og = out_channels // groups
-        xp = pad_nhwc(x, padding)
         out = x.new_empty(n, groups, ho * wo, og)
-        for i in range(n):
-            cols = im2col_t(xp[i], k, stride, dilation, (ho, wo), groups)
+        for i in range(n):  # one sample at a time: O(one im2col) of temporary memory
+            cols = im2col_t(pad_nhwc(x[i:i + 1], padding)[0], k, stride, dilation, (ho, wo),
+                            groups)
             for r, idx in _region_rows(region[i].flatten(), m):
                 w_t = materialize_filters(coef[i, r], bank[r] if tapwise else bank, tapwise,
                                           out_channels)
@@ -173,13 +173,13 @@ class _RegionConv(torch.autograd.Function):
         grad_out = grad_out.reshape(n, groups, og, ho * wo).transpose(2, 3)
         need_x, need_soft, _, need_coef, need_bank, _ = ctx.needs_input_grad
         need_w = need_coef or need_bank
-        xp = pad_nhwc(x, padding)
-        grad_xp = torch.zeros_like(xp) if need_x else None
+        grad_x = torch.empty_like(x) if need_x else None
         grad_soft = x.new_empty(n, m, ho * wo) if need_soft else None  # all written
         grad_coef = torch.zeros_like(coef) if need_coef else None
         grad_bank = torch.zeros_like(bank) if need_bank else None
         for i in range(n):
-            cols = im2col_t(xp[i], k, stride, dilation, (ho, wo), groups)
+            xp = pad_nhwc(x[i:i + 1], padding)[0]
+            cols = im2col_t(xp, k, stride, dilation, (ho, wo), groups)
             g = grad_out[i].contiguous()
             grad_cols = torch.empty_like(cols) if need_x else None  # every row is written
             grad_w = []  # basis generator: (r, dL/dW_r) of this sample, contracted at the end
@@ -217,11 +217,9 @@ class _RegionConv(torch.autograd.Function):
                 if need_bank:
                     grad_bank.addmm_(coef[i, which].t(), gw)
             if grad_cols is not None:
-                col2im_t_add_(grad_xp[i], grad_cols, k, stride, dilation, (ho, wo))
-        grad_x = None
-        if grad_xp is not None:
-            grad_x = grad_xp[:, padding:padding + h, padding:padding + w].permute(0, 3, 1, 2)
-            grad_x = grad_x.contiguous()
+                grad_xp = torch.zeros_like(xp)
+                col2im_t_add_(grad_xp, grad_cols, k, stride, dilation, (ho, wo))
+                grad_x[i] = grad_xp[padding:padding + h, padding:padding + w].permute(2, 0, 1)
         if grad_soft is not None:
             grad_soft = grad_soft.view(n, m, ho, wo)
         return grad_x, grad_soft, None, grad_coef, grad_bank, None
