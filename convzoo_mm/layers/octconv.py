@@ -112,8 +112,12 @@ def octave_conv2d(x_high: torch.Tensor, x_low: Optional[torch.Tensor], weight: t
     """
     c_out = weight.shape[0]
     has_low_out = out_high < c_out
-    b_h = None if bias is None else bias[:out_high]
-    b_l = None if bias is None or not has_low_out else bias[out_high:]
+    # torch.split (not indexing): its backward is one cat of the block gradients, where
+    # indexing would build a zero-filled full-size gradient per block and add them up
+    w_h, w_l = weight.split([out_high, c_out - out_high], 0)
+    b_h, b_l = (None, None) if bias is None else bias.split([out_high, c_out - out_high], 0)
+    if not has_low_out:
+        w_l = b_l = None
     if x_low is None:
         pooled = None
 
@@ -122,27 +126,25 @@ def octave_conv2d(x_high: torch.Tensor, x_low: Optional[torch.Tensor], weight: t
         if stride == 2:
             x_high = octave_pool(x_high)
             x_low = None if x_low is None else octave_pool(x_low)
-        y_h = _conv(x_high, weight[:out_high], b_h, padding, dilation, in_h)
+        y_h = _conv(x_high, w_h, b_h, padding, dilation, in_h)
         y_l = None
         if has_low_out:
-            y_l = _conv(x_low, weight[out_high:], b_l, padding, dilation, x_low.shape[1])
+            y_l = _conv(x_low, w_l, b_l, padding, dilation, x_low.shape[1])
         return y_h, y_l
 
     col = x_high.shape[1] // groups  # first low-input column of the weight
-    w_hh = weight[:out_high, :col]
-    w_lh = weight[:out_high, col:]
-    w_hl = weight[out_high:, :col]
-    w_ll = weight[out_high:, col:]
+    cols = [col, weight.shape[1] - col]
+    w_hh, w_lh = w_h.split(cols, 1) if x_low is not None else (w_h, None)
 
     if groups == 1:  # fast path: one conv per input resolution group (see module docstring)
         if stride == 2:
             if pooled is None:
                 p_h = octave_pool(x_high)
                 pooled = p_h if x_low is None else torch.cat([p_h, x_low], 1)
-            y_h = _conv(pooled, weight[:out_high], b_h, padding, dilation, 1)
+            y_h = _conv(pooled, w_h, b_h, padding, dilation, 1)
             y_l = None
             if has_low_out:
-                y_l = _conv(octave_pool(pooled), weight[out_high:], b_l, padding, dilation, 1)
+                y_l = _conv(octave_pool(pooled), w_l, b_l, padding, dilation, 1)
             return y_h, y_l
         y_h = _conv(x_high, w_hh, b_h, padding, dilation, 1)
         if x_low is not None:
@@ -153,9 +155,11 @@ def octave_conv2d(x_high: torch.Tensor, x_low: Optional[torch.Tensor], weight: t
             if pooled is None:
                 p_h = octave_pool(x_high)
                 pooled = p_h if x_low is None else torch.cat([p_h, x_low], 1)
-            y_l = _conv(pooled, weight[out_high:], b_l, padding, dilation, 1)
+            y_l = _conv(pooled, w_l, b_l, padding, dilation, 1)
         return y_h, y_l
 
+    w_hl, w_ll = (w_l.split(cols, 1) if x_low is not None else (w_l, None)) if has_low_out \
+        else (None, None)
     # grouped: four separate grouped convs (concatenating would mix the groups)
     if stride == 2:
         p_h = octave_pool(x_high)
@@ -445,10 +449,12 @@ class OctaveConv(nn.Module):
             if self.in_split[1] == 0:
                 x_h, x_l = x, None
             elif self.stride[0] == 1 and self.out_split[1] == 0:
-                x_h, x_l = x[:, :c_h], octave_pool(x[:, c_h:])
+                x_h, x_l = x.split(self.in_split, 1)
+                x_l = octave_pool(x_l)
             else:  # pool(x) = [pool(x_high), x_low]: the input of the low-resolution paths
                 pooled = octave_pool(x)
-                x_h, x_l = x[:, :c_h], pooled[:, c_h:]
+                x_h = x.split(self.in_split, 1)[0]
+                x_l = pooled.split(self.in_split, 1)[1]
         y_h, y_l = octave_conv2d(x_h, x_l, self.weight, self.bias, self.out_split[0],
                                  self.stride[0], self.padding[0], self.dilation[0], self.groups,
                                  self.depthwise, pooled)
