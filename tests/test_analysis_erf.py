@@ -28,6 +28,8 @@ def test_erf_of_a_single_conv_is_its_kernel():
     centre; nothing outside the k x k window gets gradient."""
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 5, padding=2)
+    with torch.no_grad():
+        conv.bias.fill_(100.)  # every output > 0: the ReLU of the central scalar passes all
     erf = compute_erf(conv, smooth_random_images(2, 15))
     expect = np.zeros((15, 15))
     expect[5:10, 5:10] = conv.weight.detach().sum(0).abs().sum(0).numpy().astype(np.float64)

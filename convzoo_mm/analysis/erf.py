@@ -1,8 +1,9 @@
 """Effective receptive field (ERF) of a backbone.
 
 Following Luo et al. (2016) and the ERF figures of RepLKNet / WTConv: for each image, the scalar
-``sum over channels of the chosen output feature map at its central position`` is back-propagated
-to the input; the ERF is the per-pixel sum over input channels of ``|d scalar / d input|``,
+``sum over channels of ReLU(chosen output feature map at its central position)`` (RepLKNet's
+choice; without the ReLU, an output that ends in a channel LayerNorm, as ConvNeXt stages do,
+sums to a constant and has no gradient) is back-propagated to the input; the ERF is the per-pixel sum over input channels of ``|d scalar / d input|``,
 averaged over images. The map is shown as ``log10(erf + 1)`` normalised to [0, 1].
 
 The spread is summarised like RepLKNet's analysis: for a threshold ``t`` (20%, 50%, 99%), the
@@ -56,7 +57,7 @@ def compute_erf(backbone: nn.Module, images: Iterable[torch.Tensor], out_index: 
         x = img[None].to(device).float().requires_grad_(True)
         feat = _select_output(backbone(x), out_index)
         h, w = feat.shape[-2:]
-        central = feat[:, :, h // 2, w // 2].sum()
+        central = F.relu(feat[:, :, h // 2, w // 2]).sum()
         (grad, ) = torch.autograd.grad(central, x)
         contribution = grad.abs().sum(dim=1)[0].double().cpu()
         total = contribution if total is None else total + contribution
@@ -165,7 +166,7 @@ def plot_erfs(erfs: Dict[str, np.ndarray], path: str,
         raise ValueError('plot_erfs needs at least one ERF map')
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.9), squeeze=False)
     for ax, (name, erf) in zip(axes[0], erfs.items()):
-        ax.imshow(erf_image(erf), cmap='RdYlGn', vmin=0, vmax=1)
+        ax.imshow(erf_image(erf), cmap='viridis', vmin=0, vmax=1)
         ratios = erf_area_ratios(erf, thresholds)
         ax.set_title(name + '\n' + ', '.join(f'{int(round(t * 100))}%: {r:.3f}'
                                               for t, r in ratios.items()), fontsize=8)
