@@ -4,13 +4,16 @@
 For each config (its model's backbone, with --checkpoints or as initialised): the gradient of the
 central position of the chosen output stage w.r.t. the input, |.| summed over input channels and
 averaged over the images (the demo images under data/demo by default, or --images DIR; random
-smooth images when there are none). Prints and saves the fraction of the map covered by the
-smallest centred square holding 20% / 50% / 99% of the total (higher = wider ERF).
+smooth images when there are none). Untrained ConvNeXt (layer scale 1e-6) and mmdet ResNet
+(zero_init_residual) have near-zero residual branches, so their ERF is that of the stem and
+downsampling only: use trained checkpoints, or the --cfg-options below for the architecture.
+Prints and saves the fraction of the map covered by the smallest centred square holding
+20% / 50% / 99% of the total (higher = wider ERF).
 
 examples:
   python tools/analysis/erf.py configs/demo/A.py configs/demo/B.py --names R50 R50-WTConv
-  python tools/analysis/erf.py "dict(type='WTConvNeXt', arch='tiny', conv_type='plain')" \
-      "dict(type='WTConvNeXt', arch='tiny')" --names ConvNeXt-T WTConvNeXt-T
+  python tools/analysis/erf.py "dict(type='WTConvNeXt', conv_type='plain')" "dict(type='WTConvNeXt')"
+      --names ConvNeXt-T WTConvNeXt-T   (inline backbone specs instead of configs)
   python tools/analysis/erf.py CONFIG --checkpoints work_dirs/x/epoch_12.pth --images data/coco/val2017 --size 512
 """
 import argparse
@@ -22,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 
 def main(argv=None):
+    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('configs', nargs='+', help='mmdet/mmseg configs (their backbones), or '
@@ -33,6 +37,10 @@ def main(argv=None):
     parser.add_argument('--size', type=int, default=256, help='square input size')
     parser.add_argument('--out-index', type=int, default=-1, help='backbone output (stage)')
     parser.add_argument('--out', default='work_dirs/erf/erf.png', help='figure path')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='overrides for every config, e.g. (ERF of an untrained architecture) '
+                        'model.backbone.zero_init_residual=False or '
+                        'model.backbone.layer_scale_init_value=1.0')
     args = parser.parse_args(argv)
     n = len(args.configs)
     for opt in ('checkpoints', 'names'):
@@ -60,7 +68,7 @@ def main(argv=None):
         print(f'[{i + 1}/{n}] {name}: {config}' + (f' ({ckpt})' if ckpt else ''),
               file=sys.stderr)
         try:
-            backbone = backbone_from_config(config, ckpt)
+            backbone = backbone_from_config(config, ckpt, args.cfg_options)
         except (FileNotFoundError, ValueError) as e:
             parser.exit(2, f'error: {e}\n')
         erfs[name] = compute_erf(backbone, images, args.out_index)
