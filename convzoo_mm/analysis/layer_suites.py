@@ -183,7 +183,8 @@ def build_cases(layers: Optional[Sequence[str]] = None, preset: str = 'paper',
         table = SHAPES.get(name, SHAPES['_default'])[preset]
         if shapes:
             opts = table[0][2]
-            table = [(f'C{s[1]}@{s[2]}x{s[3]} N{s[0]}', tuple(s), opts) for s in shapes]
+            extra = ''.join(f' {k}={v}' for k, v in opts.items())
+            table = [(f'C{s[1]}@{s[2]}x{s[3]} N{s[0]}{extra}', tuple(s), opts) for s in shapes]
         builder = _BUILDERS.get(name)
         cases += builder(avail[name], table) if builder else _default_cases(name, avail[name],
                                                                              table)
