@@ -473,3 +473,15 @@ def test_demo_config_trains_through_mm_tools(tmp_path):
     logs = [json.loads(line) for path in work.rglob('scalars.json') for line in open(path)]
     losses = [rec['loss'] for rec in logs if 'loss' in rec]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+def test_traced_export_path_is_static_and_exact():
+    """Under tracing (ONNX export, FlopAnalyzer) the layer runs the static naive form: the traced
+    graph must give the eager output on a *new* input of the same shape (a traced data-dependent
+    region loop would replay the first input's regions)."""
+    torch.manual_seed(0)
+    layer = DRConv(4, 6, 3, 2, 1, 1, 2, num_regions=3).eval()
+    x1, x2 = torch.randn(2, 4, 9, 10), torch.randn(2, 4, 9, 10)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, (x1, ), check_trace=False)
+        torch.testing.assert_close(traced(x2), layer(x2), rtol=1e-5, atol=1e-5)
