@@ -57,11 +57,25 @@ def build_model(cfg, checkpoint: Optional[str] = None, device: str = 'cpu') -> n
         load_checkpoint(model, checkpoint, map_location='cpu')
     elif hasattr(model, 'init_weights'):
         try:
-            model.init_weights()
+            _quiet_init(model)
         except Exception as e:  # e.g. a Pretrained init_cfg without network access
             print(f'warning: init_weights failed ({type(e).__name__}: {e}); using the '
                   f'constructors\' initialisation')
     return model.to(device).eval()
+
+
+def _quiet_init(model: nn.Module) -> None:
+    """``model.init_weights()`` without mmengine's per-parameter INFO log."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
 
 
 def dummy_batch(model: nn.Module, scope: str, shape: Sequence[int], batch_size: int = 1,
@@ -135,10 +149,20 @@ def build_backbone_spec(spec: str) -> nn.Module:
     ``_scope_`` key picks mmdet/mmseg, default mmdet), initialised, in eval mode."""
     import ast
     from mmengine.registry import init_default_scope
+
+    def value(node):  # literals and nested dict(...) calls, nothing else
+        if isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'dict' \
+                and not node.args:
+            return {kw.arg: value(kw.value) for kw in node.keywords}
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        return ast.literal_eval(node)
+
     tree = ast.parse(spec, mode='eval').body
     if not (isinstance(tree, ast.Call) and getattr(tree.func, 'id', None) == 'dict'):
         raise ValueError(f"a backbone spec must look like dict(type='...', ...), got {spec!r}")
-    cfg = {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
+    cfg = value(tree)
     scope = cfg.pop('_scope_', 'mmdet')
     if scope not in SCOPES:
         raise ValueError(f'_scope_ must be one of {list(SCOPES)}, got {scope!r}')
@@ -147,7 +171,7 @@ def build_backbone_spec(spec: str) -> nn.Module:
     init_default_scope(scope)
     model = importlib.import_module(f'{scope}.registry').MODELS.build(cfg)
     if hasattr(model, 'init_weights'):
-        model.init_weights()
+        _quiet_init(model)
     return model.eval()
 
 
