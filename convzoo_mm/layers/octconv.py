@@ -68,8 +68,11 @@ def half_size(n: int) -> int:
 
 
 def octave_pool(x: torch.Tensor) -> torch.Tensor:
-    """2x2 average pooling, stride 2, ``ceil_mode=True`` (``H -> ceil(H / 2)``)."""
-    return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+    """2x2 average pooling, stride 2, ``ceil_mode=True`` (``H -> ceil(H / 2)``; a partial
+    border window averages the pixels it covers). Even sizes take aten's plain (faster) kernel."""
+    if x.shape[-2] % 2 or x.shape[-1] % 2:
+        return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+    return F.avg_pool2d(x, 2, 2)
 
 
 def octave_upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

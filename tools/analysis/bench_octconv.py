@@ -41,6 +41,9 @@ def _step(model, x, backward):
             model(x)
 
 
+CLOCK = time.perf_counter
+
+
 def time_interleaved(variants, repeats, warmup=2):
     """variants: {name: zero-arg callable}. Median seconds per call, interleaved repeats."""
     for _ in range(warmup):
@@ -49,9 +52,9 @@ def time_interleaved(variants, repeats, warmup=2):
     times = {k: [] for k in variants}
     for _ in range(repeats):
         for k, fn in variants.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(CLOCK() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -116,9 +119,39 @@ def bench_backbones(args):
               f'{both[k] / both["R50"]:.3f} |', flush=True)
 
 
+def count_backbone_flops(model, size):
+    """MACs of one forward at ``size`` (H, W), batch 1: every conv the forward runs, counted by
+    torch's FlopCounterMode (OctaveConv's pooled/upsampled paths at their real resolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, *size))
+    return counter.get_total_flops() // 2
+
+
+def flops_table(args):
+    from convzoo_mm.backbones.oct_resnet import OctResNet, OctResNetV1c
+    paper = {0.0: 4.1, 0.125: 3.6, 0.25: 3.1, 0.5: 2.4, 0.75: 1.9}
+    print(f'\n## FLOPs (GMACs, batch 1) and parameters of ResNet-{args.depth} vs OctResNet-'
+          f'{args.depth}')
+    print('| backbone | alpha | params (M) | 224x224 (+fc) | paper | 1333x800 (COCO test) | '
+          '2048x512 (ADE20K test, V1c) |')
+    print('|---|---|---|---|---|---|---|')
+    for a in (0.0, 0.125, 0.25, 0.5, 0.75):
+        m = OctResNet(depth=args.depth, alpha=a).eval()
+        mc = OctResNetV1c(depth=args.depth, alpha=a).eval()
+        params = sum(p.numel() for p in m.parameters()) / 1e6
+        g224 = (count_backbone_flops(m, (224, 224)) + 2048 * 1000) / 1e9
+        gdet = count_backbone_flops(m, (800, 1333)) / 1e9
+        gseg = count_backbone_flops(mc, (512, 2048)) / 1e9
+        name = 'R50' if a == 0 else 'Oct-R50'
+        ref = paper.get(a) if args.depth == 50 else None
+        print(f'| {name} | {a} | {params:.2f} | {g224:.2f} | {ref or "-"} | {gdet:.1f} | '
+              f'{gseg:.1f} |', flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--part', choices=['layer', 'backbone', 'all'], default='all')
+    p.add_argument('--part', choices=['layer', 'backbone', 'flops', 'all'], default='all')
     p.add_argument('--alpha', type=float, nargs='+', default=[0.5])
     p.add_argument('--batch', type=int, default=8, help='layer part batch size')
     p.add_argument('--batch-backbone', type=int, default=2)
@@ -127,10 +160,19 @@ def main():
     p.add_argument('--repeats', type=int, default=11)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--channels-last', action='store_true', help='backbone part: channels_last')
+    p.add_argument('--cpu-time', action='store_true',
+                   help='measure process CPU time instead of wall time (steadier on a shared '
+                        'machine with --threads 1; not comparable across thread counts)')
     args = p.parse_args()
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     torch.set_num_threads(args.threads)
     print(f'torch {torch.__version__}, {platform.processor() or platform.machine()}, '
-          f'{args.threads} threads, {time.strftime("%Y-%m-%d")}')
+          f'{args.threads} threads, {"CPU" if args.cpu_time else "wall"} time, '
+          f'{time.strftime("%Y-%m-%d")}, load average {os.getloadavg()[0]:.1f}')
+    if args.part in ('flops', 'all'):
+        flops_table(args)
     if args.part in ('layer', 'all'):
         bench_layers(args)
     if args.part in ('backbone', 'all'):
