@@ -1,0 +1,24 @@
+# Mask R-CNN 3x on COCO with ConvNeXt (baseline)-T: mmdet's ConvNeXt-T Mask R-CNN recipe (multi-scale
+# 480-800 + crop aug, AMP, AdamW lr 1e-4 wd 0.05, layer-wise decay 0.95 over 6 layers, drop path 0.4,
+# 36 epochs with steps 27/33, 1000-iter warmup; 8 GPUs x 2 images) with the backbone swapped.
+_base_ = ['mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py']
+custom_imports = dict(imports=['convzoo_mm'], allow_failed_imports=False)
+
+# ImageNet-1k ConvNeXt-T: the mmpretrain checkpoint that mmdet's/mmseg's own ConvNeXt
+# configs load (our baseline has the same parameter names, no conversion needed). A timm or
+# facebookresearch checkpoint works too after
+#   python tools/convert_wtconvnext.py convnext_tiny_1k_224.pth \
+#       checkpoints/convnext-tiny_in1k_convzoo.pth --arch tiny
+convnext_tiny_in1k = 'https://download.openmmlab.com/mmclassification/v0/convnext/downstream/convnext-tiny_3rdparty_32xb128-noema_in1k_20220301-795e9634.pth'  # noqa: E501
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='WTConvNeXt',
+        arch='tiny',
+        conv_type='plain',  # ConvNeXt baseline: 7x7 depthwise conv
+        out_indices=[0, 1, 2, 3],
+        drop_path_rate=0.4,
+        layer_scale_init_value=1.0,
+        init_cfg=dict(type='Pretrained', checkpoint=convnext_tiny_in1k, prefix='backbone.')),
+    neck=dict(in_channels=[96, 192, 384, 768]))
