@@ -442,6 +442,7 @@ def test_config_backbones_place_drconv_and_count_params(rel, stages, delta):
     assert all(m.guide.weight.grad is not None and m.gen_bank.grad.abs().sum() > 0 for m in drs)
 
 
+@pytest.mark.slow  # ~30 s on one core
 def test_demo_config_trains_through_mm_tools(tmp_path):
     """mmdet's own tools/train.py on the generated data, 2 iterations (2 epochs of 1): losses
     finite, and the guide conv of a DRConv layer moved by its gradient (the straight-through
