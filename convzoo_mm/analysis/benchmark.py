@@ -376,14 +376,14 @@ def run_benchmark(cases: Sequence[BenchCase], out_dir: Optional[str] = None, rep
     if not cases:
         raise ValueError('no benchmark cases to run')
     info = machine_info(device)
-    rows = []
-    for i, case in enumerate(cases):
-        log(f'[{i + 1}/{len(cases)}] {case.layer_name} {case.label} input {tuple(case.input_shape)}')
-        rows += benchmark_case(case, repeats, warmup, formats, device, timer, measure_memory,
-                               log=log)
-    md = results_markdown(rows, info, repeats)
-    result = dict(rows=rows, ratios=ratio_rows(rows), info=info, markdown=md, files=[])
-    if out_dir:
+    rows: List[Dict[str, Any]] = []
+    result: Dict[str, Any] = dict(info=info, files=[])
+
+    def write():  # after every case, so that an interrupted run keeps what it measured
+        md = results_markdown(rows, info, repeats)
+        result.update(rows=rows, ratios=ratio_rows(rows), markdown=md)
+        if not out_dir:
+            return
         os.makedirs(out_dir, exist_ok=True)
         md_path = os.path.join(out_dir, f'{name}.md')
         with open(md_path, 'w') as f:
@@ -395,4 +395,10 @@ def run_benchmark(cases: Sequence[BenchCase], out_dir: Optional[str] = None, rep
                           title=f'{info["device"]} ({info.get("gpu") or info["processor"]}, '
                           f'{info["threads"]} threads), {info["date"]}')
         result['files'] = [md_path, json_path, png]
+
+    for i, case in enumerate(cases):
+        log(f'[{i + 1}/{len(cases)}] {case.layer_name} {case.label} input {tuple(case.input_shape)}')
+        rows += benchmark_case(case, repeats, warmup, formats, device, timer, measure_memory,
+                               log=log)
+        write()
     return result
