@@ -17,7 +17,7 @@
 # Environment: VENV (default .venv), PYTHON (default python3), MAX_JOBS (default: nproc).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
+VENV=$(realpath -m -s "${VENV:-.venv}")   # absolute, symlinks kept (a venv's python is one)
 PYTHON=${PYTHON:-python3}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -29,7 +29,7 @@ vpy()  { "$VENV/bin/python" "$@"; }
 # every install keeps setuptools<70: mmcv's setup.py and mmengine's `mmdet::` base resolution
 # import pkg_resources, which newer setuptools (pulled in by other packages) no longer ships
 pipi() { vpy -m pip install -q "$@" 'setuptools<70' 2>&1 | grep -v "^WARNING: Location" || true; return "${PIPESTATUS[0]}"; }
-ok()   { vpy -c "$1" >/dev/null 2>&1; }
+ok()   { (cd / && "$VENV/bin/python" -c "$1") >/dev/null 2>&1; }   # not from the repo dir
 
 # 1. venv
 if [ -x "$VENV/bin/python" ]; then say "1/7 venv: $VENV exists"
@@ -71,8 +71,8 @@ else
   pid=$!
   while kill -0 $pid 2>/dev/null; do
     sleep 30
-    n=$(grep -c -E '^\[[0-9]+/[0-9]+\]|g\+\+|c\+\+ ' "$log" 2>/dev/null || true)
-    say "    mmcv still building (${n} compile lines in $log)"
+    n=$(grep -oE '^ *\[[0-9]+/[0-9]+\]' "$log" 2>/dev/null | tail -n 1 | tr -d ' ')
+    say "    mmcv still building: compiled ${n:-[preparing]} (log: $log)"
   done
   wait $pid || { tail -n 30 "$log"; fail mmcv "see $log; needs gcc/g++ and python headers, setuptools<70, torch importable in $VENV"; }
   ok "from mmcv.ops import nms" || fail mmcv "mmcv installed without ops: reinstall with MMCV_WITH_OPS=1 --no-build-isolation --no-cache-dir"
@@ -89,7 +89,7 @@ else
 fi
 
 # 7. this package (editable)
-if ok "import convzoo_mm, os, sys; sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(convzoo_mm.__file__))) != os.path.abspath('.'))"; then
+if ok "import convzoo_mm, os, sys; sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(convzoo_mm.__file__))) != '$PWD')"; then
   say "7/7 convzoo_mm: editable install ok"
 else
   say "7/7 convzoo_mm: pip install -e ."

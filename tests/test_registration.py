@@ -1,0 +1,159 @@
+"""Registration in mmengine's root registry and the mmcv / mmdet / mmseg conv-slot contracts."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmcv.cnn import ConvModule, build_conv_layer
+from mmengine.registry import MODELS, DefaultScope
+
+import convzoo_mm
+from convzoo_mm import layers
+from tests.utils import ROOT
+
+# the conv layers (drop-ins for any mm conv slot) the package exports
+CONV_LAYERS = ['WTConv', 'OctaveConv', 'DRConv']
+
+
+@pytest.mark.parametrize('name', CONV_LAYERS)
+def test_layers_registered_in_root(name):
+    assert name in layers.__all__
+    assert MODELS.module_dict[name] is getattr(layers, name)
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+@pytest.mark.parametrize('name', CONV_LAYERS)
+def test_build_from_child_scope(scope, name):
+    """A plain type name resolves from mmdet's and mmseg's registries (children of the root)."""
+    child = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        assert child.get(name) is getattr(layers, name)
+        conv = build_conv_layer(dict(type=name), 4, 8, 3, padding=1)
+    assert isinstance(conv, getattr(layers, name))
+
+
+@pytest.mark.parametrize('name', CONV_LAYERS)
+def test_mmcv_contract(name):
+    """build_conv_layer with the full call (in=4, out=8, k=3, dilation=2) gives a layer exposing
+    everything ConvModule reads back and the plain conv's output shape."""
+    conv = build_conv_layer(dict(type=name), 4, 8, 3, stride=1, padding=2, dilation=2, groups=1,
+                            bias=True)
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (4, 8, 1)
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    assert conv.dilation == (2, 2) and conv.padding == (2, 2)
+    assert conv.transposed is False and tuple(conv.output_padding) == (0, 0)
+    x = torch.randn(2, 4, 15, 12)
+    reference = torch.nn.Conv2d(4, 8, 3, padding=2, dilation=2)
+    assert conv(x).shape == reference(x).shape
+    strided = build_conv_layer(dict(type=name), 4, 8, 3, stride=2, padding=1)
+    assert strided(x).shape == torch.nn.Conv2d(4, 8, 3, 2, 1)(x).shape
+
+
+@pytest.mark.parametrize('name', CONV_LAYERS)
+def test_conv_module_with_norm_and_act(name):
+    module = ConvModule(4, 8, 3, padding=1, conv_cfg=dict(type=name),
+                        norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'))
+    module.init_weights()
+    x = torch.randn(2, 4, 9, 9)
+    y = module(x)
+    assert y.shape == (2, 8, 9, 9) and (y >= 0).all()
+    y.sum().backward()
+    assert all(p.grad is not None for p in module.conv.parameters() if p.requires_grad)
+
+
+def test_conv_module_leaves_wtconv_init_alone():
+    """ConvModule skips its Kaiming init for a conv with init_weights (WTConv has no .weight)."""
+    module = ConvModule(4, 4, 3, padding=1, conv_cfg=dict(type='WTConv', wt_levels=1))
+    before = {k: v.clone() for k, v in module.conv.state_dict().items()}
+    module.init_weights()
+    for k, v in module.conv.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_published_scales_survive_model_init_cfg():
+    """After mmdet ResNet's default init_cfg (Kaiming on Conv2d, constants on norms) and the
+    children's init_weights, every WTConv (also those in plain nn.Sequential downsample
+    branches, which mmengine does not visit) keeps the published scales 1.0 / 0.1."""
+    from mmdet.registry import MODELS as DET
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        net = DET.build(dict(type='ResNet', depth=18, conv_cfg=dict(type='WTConv', wt_levels=1)))
+    net.init_weights()
+    wt = [m for m in net.modules() if isinstance(m, layers.WTConv)]
+    assert len(wt) == 20
+    assert all(torch.all(m.base_scale.weight == 1.0) for m in wt)
+    assert all(torch.all(m.wavelet_scale[0].weight == 0.1) for m in wt)
+
+
+def test_mmdet_resnet50_wtconv_in_dcn_slot_forward_backward():
+    from mmdet.registry import MODELS as DET
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        net = DET.build(dict(type='ResNet', depth=50, dcn=dict(type='WTConv', wt_levels=2),
+                             stage_with_dcn=(False, True, True, True), init_cfg=None))
+    net.init_weights()
+    wt = [m for m in net.modules() if isinstance(m, layers.WTConv)]
+    assert len(wt) == 4 + 6 + 3   # c3, c4, c5 bottlenecks
+    assert all(m.in_channels == m.out_channels for m in wt)
+    net.train()
+    outs = net(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(1, 256, 16, 24), (1, 512, 8, 12),
+                                              (1, 1024, 4, 6), (1, 2048, 2, 3)]
+    sum(o.mean() for o in outs).backward()
+    assert all(m.wavelet_convs[0].weight.grad is not None for m in wt)
+
+
+def test_mmseg_dilated_resnet_conv_cfg_and_heads():
+    from mmseg.registry import MODELS as SEG
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        backbone = SEG.build(dict(type='ResNetV1c', depth=18, conv_cfg=dict(type='WTConv'),
+                                  dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), init_cfg=None))
+        head = SEG.build(dict(type='FCNHead', in_channels=512, channels=16, num_classes=3,
+                              conv_cfg=dict(type='WTConv', wt_levels=2)))
+    dilated = [m for m in backbone.modules() if isinstance(m, layers.WTConv) and m.dilation[0] > 1]
+    assert {m.dilation[0] for m in dilated} == {2, 4}
+    outs = backbone(torch.randn(1, 3, 64, 64))
+    assert outs[-1].shape == (1, 512, 8, 8)
+    logits = head(list(outs))
+    assert logits.shape == (1, 3, 8, 8)
+
+
+def test_fpn_conv_cfg():
+    from mmdet.registry import MODELS as DET
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        fpn = DET.build(dict(type='FPN', in_channels=[8, 16], out_channels=8, num_outs=3,
+                             conv_cfg=dict(type='WTConv')))
+    assert sum(isinstance(m, layers.WTConv) for m in fpn.modules()) == 4
+    outs = fpn([torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8)])
+    assert [o.shape[-1] for o in outs] == [16, 8, 4]
+
+
+def _python(code):
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_import_after_mm_and_twice_is_harmless():
+    out = _python('import mmdet.models, mmseg.models, importlib\n'
+                  'import convzoo_mm, convzoo_mm.layers.wtconv as w\n'
+                  'importlib.reload(w); importlib.reload(convzoo_mm)\n'
+                  'from mmengine.registry import MODELS\n'
+                  'print(MODELS.get("WTConv").__module__)')
+    assert out.strip() == 'convzoo_mm.layers.wtconv'
+
+
+def test_registering_a_foreign_class_under_our_name_fails():
+    from convzoo_mm.registry import register
+    impostor = type('WTConv', (torch.nn.Module, ), {})
+    with pytest.raises(KeyError):
+        register(impostor)
+
+
+def test_core_imports_without_mmdet_and_mmseg():
+    out = _python('import sys\n'
+                  'for m in ("mmdet", "mmseg", "mmpretrain"): sys.modules[m] = None\n'
+                  'import convzoo_mm\n'
+                  'from mmengine.registry import MODELS\n'
+                  'print(sorted(n for n in convzoo_mm.layers.__all__ if n in MODELS.module_dict))')
+    assert 'WTConv' in out
+

@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""The demo job (README command 1): generate the embedded shapes data if missing, train the demo
+Mask R-CNN and UperNet with WTConv through the mm training tools, evaluate them with the mm test
+tools and print one table (bbox mAP, segm mAP, mIoU, work_dirs)."""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from convzoo_mm.demo.run import run_demo  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--work-dir', default='work_dirs/demo', help='root of the work_dirs')
+    parser.add_argument('--data-root', default='data/demo', help='where the data is generated')
+    parser.add_argument('--tasks', nargs='+', default=['det', 'seg'], choices=['det', 'seg'])
+    args = parser.parse_args()
+    run_demo(args.work_dir, args.data_root, tuple(args.tasks))
+
+
+if __name__ == '__main__':
+    main()
