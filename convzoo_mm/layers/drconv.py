@@ -17,17 +17,18 @@ backward pass, i.e. the layer is differentiated as the straight-through surrogat
 
 Why it is fast (and why a custom ``autograd.Function``): written with autograd, the surrogate
 must compute all ``m`` responses ``y_r`` in the forward pass (the naive form: m convolutions,
-m times the activation memory). :class:`_RegionConv` instead computes, per sample, one im2col
-``X = unfold(x[n])`` and for each region one matmul on the columns of that region only
-(``W[n, r] @ X[:, p in region r]``): exactly the FLOPs of one plain convolution. Only ``x``,
-the region index and the generator's *factors* are saved; the backward recomputes ``X`` and
-the filters per sample and gets the guide gradient as ``<g, W[n, r] @ X>`` region by region
-(``m`` matmuls of ``out x in*k*k`` by ``in*k*k x L``; this term needs every region's response
-at every position and is therefore ``m`` times a convolution in any exact implementation),
-and ``dL/dW``, ``dL/dx`` again on each region's columns only.
+m times the activation memory). :class:`_RegionConv` instead builds, per sample, one
+channels-last im2col ``X`` (positions as rows, :func:`im2col_t`) and for each region one matmul
+on the rows of that region only (``X[p in region r] @ W[n, r]^T``): exactly the FLOPs of one
+plain convolution. Only ``x``, the region index and the generator's *factors* are saved; the
+backward recomputes ``X`` and the filters per sample and gets the guide gradient as
+``<g, X @ W[n, r]^T>`` region by region (``m`` matmuls of ``L x in*k*k`` by ``in*k*k x out``;
+this term needs every region's response at every position and is therefore ``m`` times a
+convolution in any exact implementation), and ``dL/dW``, ``dL/dx`` again on each region's
+rows only.
 
 The per-sample filters are never stored for the whole batch: both generators are linear in
-their last layer, ``W[n, r] = bank_r @ coef[n, r]`` (see :func:`materialize_filters`), so the
+their last layer, ``W[n, r] = coef[n, r] @ bank`` (see :func:`materialize_filters`), so the
 filter of one (sample, region) is rebuilt on the fly and its gradient is contracted back into
 ``dL/dcoef`` and ``dL/dbank`` at once. Memory is O(one sample's im2col) instead of
 O(N * m * out * in * k^2) (151 MB at N=8, m=8, 256->256, k=3).
@@ -44,7 +45,8 @@ import torch.nn.functional as F
 from ..registry import register
 from .checks import check_choice, check_divides, check_input, check_int, check_square
 
-__all__ = ['DRConv', 'conv_output_size', 'materialize_filters', 'region_conv', 'drconv_naive']
+__all__ = ['DRConv', 'conv_output_size', 'materialize_filters', 'im2col_t', 'region_conv',
+           'drconv_naive']
 
 
 # --------------------------------------------------------------------------------------------
