@@ -486,3 +486,22 @@ def test_traced_export_path_is_static_and_exact():
     with torch.no_grad():
         traced = torch.jit.trace(layer, (x1, ), check_trace=False)
         torch.testing.assert_close(traced(x2), layer(x2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('dcn,error,word', [
+    (dict(type='DRConv', num_regions=0), ValueError, 'num_regions'),
+    (dict(type='DRConv', regions=4), TypeError, 'regions'),
+    (dict(type='DRConv', generator='dense'), ValueError, 'generator'),
+    (dict(type='DRConv', generator='full', num_bases=2), ValueError, 'num_bases'),
+])
+def test_bad_layer_options_in_a_config_fail_at_build(dcn, error, word):
+    """A mistyped DRConv option in the backbone's dcn slot fails when the model is built, with
+    the option's name in the message (not in a forward pass)."""
+    pytest.importorskip('mmdet')
+    import convzoo_mm  # noqa: F401
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    cfg = dict(type='ResNet', depth=50, dcn=dcn, stage_with_dcn=(False, True, False, False))
+    with pytest.raises(error, match=word):
+        MODELS.build(cfg)
