@@ -82,7 +82,7 @@ def plain_shape(m, x):
 # (alpha_in, alpha_out), stride, groups ('dw' = depthwise), kernel, dilation, H, W
 CASES = [c for c in itertools.product(
     [(0.0, 0.5), (0.5, 0.5), (0.25, 0.0), (0.5, 0.25), (0.25, 0.75)], [1, 2], [1, 2, 'dw'],
-    [1, 3], [1, 2], [(7, 10), (8, 5)]) if c[2] != 'dw' or c[0][0] == c[0][1]]
+    [1, 3], [1, 2], [(7, 10), (8, 5), (8, 12)]) if c[2] != 'dw' or c[0][0] == c[0][1]]
 
 
 def _make(alphas, stride, g, k, d, cin=8, cout=8, bias=True, split=False):
@@ -126,7 +126,7 @@ def test_each_path_alone(path, stride, groups):
         keep = torch.zeros_like(m.weight)
         keep[rows, cols] = 1
         m.weight.mul_(keep)
-    xh = torch.randn(2, 4, 9, 12, dtype=torch.double)
+    xh = torch.randn(2, 4, 10, 12, dtype=torch.double)
     xl = torch.randn(2, 4, 5, 6, dtype=torch.double)
     yh, yl = m((xh, xl))
     want = ref_paths(xh, xl, m.weight, oh, stride, 1, 1, groups, False)[path]
@@ -154,12 +154,18 @@ def test_dropin_and_split_agree(alphas, stride, g):
         assert ys[1].shape[-2:] == ((ys[0].shape[-2] + 1) // 2, (ys[0].shape[-1] + 1) // 2)
 
 
-def test_channels_last_and_batch_independence():
+@pytest.mark.parametrize('hw', [(15, 9), (16, 10)])
+def test_channels_last_and_batch_independence(hw):
     m = _make((0.5, 0.5), 1, 1, 3, 1).float()
-    x = torch.randn(3, 8, 15, 9)
+    x = torch.randn(3, 8, *hw)
     y = m(x)
     torch.testing.assert_close(m(x.to(memory_format=torch.channels_last)), y, atol=1e-5, rtol=0)
     torch.testing.assert_close(m(x[1:2]), y[1:2], atol=1e-5, rtol=0)
+    m.split = True
+    xs = (x[:, :4].to(memory_format=torch.channels_last), ref_pool(x[:, 4:]))
+    yh, yl = m(xs)
+    yh.sum().backward()  # fused add on channels_last inputs, with gradients
+    torch.testing.assert_close(octave_merge((yh, yl)), y, atol=1e-5, rtol=0)
 
 
 def test_autocast_bf16_close_to_fp32():
@@ -237,9 +243,13 @@ def test_fuzz_shapes_hypothesis():
     ((0.5, 0.5), 2, 2, False)])
 def test_gradcheck_float64(alphas, stride, g, split):
     m = _make(alphas, stride, g, 3, 1, cin=4, cout=4, split=split)
-    x = torch.randn(1, 4, 5, 6, dtype=torch.double, requires_grad=True)
     ih = m.in_split[0]
+    for hw in ((5, 6), (6, 8)):  # odd: generic upsample + crop; even: fused broadcast add
+        _gradcheck_one(m, torch.randn(1, 4, *hw, dtype=torch.double, requires_grad=True),
+                       ih, split, alphas)
 
+
+def _gradcheck_one(m, x, ih, split, alphas):
     def fn(x, w, b):
         xs = (x[:, :ih], ref_pool(x[:, ih:])) if split and alphas[0] > 0 else x
         return octave_merge(torch.func.functional_call(m, {'weight': w, 'bias': b}, (xs,)))
@@ -316,6 +326,22 @@ def test_bad_inputs():
             ms(bad)
     with pytest.raises(ValueError, match='alpha_in=0'):
         OctaveConv(8, 8, 3, alpha_in=0, split=True)((good_h, good_l))
+
+
+@pytest.mark.parametrize('hw', [(6, 8), (7, 8), (6, 9), (1, 1), (3, 4)])
+def test_pool_and_fused_upsample_add_match_aten(hw):
+    """The fast pooling / fused upsample-add against aten's avg-pool and interpolate, values
+    and gradients (float64 gradcheck)."""
+    from convzoo_mm.layers.octconv import octave_add_upsampled, octave_pool
+    x = torch.randn(2, 3, *hw, dtype=torch.double, requires_grad=True)
+    ref = F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+    torch.testing.assert_close(octave_pool(x), ref, rtol=0, atol=1e-14)
+    assert torch.autograd.gradcheck(octave_pool, (x,))
+    low = torch.randn(2, 3, (hw[0] + 1) // 2, (hw[1] + 1) // 2, dtype=torch.double,
+                      requires_grad=True)
+    torch.testing.assert_close(octave_add_upsampled(x, low), x + ref_up(low, hw), rtol=0,
+                               atol=0)
+    assert torch.autograd.gradcheck(octave_add_upsampled, (x, low))
 
 
 def test_split_rule():

@@ -47,8 +47,8 @@ from ..registry import register
 from .checks import check_choice, check_float, check_input, check_int, check_square, check_same_padding
 
 __all__ = ['OctaveConv', 'OctaveConvModule', 'split_channels', 'half_size', 'octave_pool',
-           'octave_upsample', 'octave_conv2d', 'octave_conv_flops', 'octave_merge', 'octave_norm',
-           'octave_apply']
+           'octave_upsample', 'octave_add_upsampled', 'octave_conv2d', 'octave_conv_flops',
+           'octave_merge', 'octave_norm', 'octave_apply']
 
 OctTensor = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -67,12 +67,42 @@ def half_size(n: int) -> int:
     return (n + 1) // 2
 
 
+def _pool_even(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2]
+            + x[..., 1::2, 1::2]) * 0.25
+
+
+class _PoolEven(torch.autograd.Function):
+    """2x2 mean of an even-sized map from four strided views (no im2col-style kernel); backward:
+    the gradient / 4 broadcast back over each window in one pass."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _pool_even(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        n, c, h, w = g.shape
+        return (g * 0.25)[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(
+            n, c, 2 * h, 2 * w)
+
+
+def _eager_grad(*tensors) -> bool:
+    """Whether a custom-backward fast path applies: eager autograd (not tracing/compiling)."""
+    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
 def octave_pool(x: torch.Tensor) -> torch.Tensor:
     """2x2 average pooling, stride 2, ``ceil_mode=True`` (``H -> ceil(H / 2)``; a partial
-    border window averages the pixels it covers). Even sizes take aten's plain (faster) kernel."""
-    if x.shape[-2] % 2 or x.shape[-1] % 2:
+    border window averages the pixels it covers): ``F.avg_pool2d(x, 2, 2, ceil_mode=True,
+    count_include_pad=False)``. Even sizes take a faster path (four strided views)."""
+    if x.dim() != 4 or x.shape[-2] % 2 or x.shape[-1] % 2:
         return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
-    return F.avg_pool2d(x, 2, 2)
+    if _eager_grad(x):
+        return _PoolEven.apply(x)
+    return _pool_even(x)
 
 
 def octave_upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -81,6 +111,40 @@ def octave_upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if y.shape[-2] != size[0] or y.shape[-1] != size[1]:
         y = y[..., :size[0], :size[1]]
     return y
+
+
+def _add_up_even(y: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = low.shape
+    return (y.view(n, c, h, 2, w, 2) + low[:, :, :, None, :, None]).view(y.shape)
+
+
+class _AddUpsampled(torch.autograd.Function):
+    """``y + up2(low)`` for even sizes as one broadcast add (the upsampled map is never built);
+    the gradient of ``low`` is the 2x2 sum of the output gradient from four strided views
+    (aten's reduction over the broadcast dims is several times slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, y, low):
+        return _add_up_even(y, low)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return g, (g[..., 0::2, 0::2] + g[..., 1::2, 0::2] + g[..., 0::2, 1::2]
+                   + g[..., 1::2, 1::2])
+
+
+def octave_add_upsampled(y: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """``y + octave_upsample(low, y.shape[-2:])`` (the L->H path added to the H->H output)."""
+    h, w = y.shape[-2:]
+    if h % 2 or w % 2 or low.shape[-2] * 2 != h or low.shape[-1] * 2 != w \
+            or y.dtype != low.dtype:
+        return y + octave_upsample(low, (h, w))
+    y = y.contiguous()
+    low = low.contiguous()
+    if _eager_grad(y, low):
+        return _AddUpsampled.apply(y, low)
+    return _add_up_even(y, low)
 
 
 def _conv(x, w, b, padding, dilation, groups):
@@ -151,8 +215,7 @@ def octave_conv2d(x_high: torch.Tensor, x_low: Optional[torch.Tensor], weight: t
             return y_h, y_l
         y_h = _conv(x_high, w_hh, b_h, padding, dilation, 1)
         if x_low is not None:
-            y_h = y_h + octave_upsample(_conv(x_low, w_lh, None, padding, dilation, 1),
-                                        y_h.shape[-2:])
+            y_h = octave_add_upsampled(y_h, _conv(x_low, w_lh, None, padding, dilation, 1))
         y_l = None
         if has_low_out:
             if pooled is None:
@@ -177,8 +240,7 @@ def octave_conv2d(x_high: torch.Tensor, x_low: Optional[torch.Tensor], weight: t
         return y_h, y_l
     y_h = _conv(x_high, w_hh, b_h, padding, dilation, groups)
     if x_low is not None:
-        y_h = y_h + octave_upsample(_conv(x_low, w_lh, None, padding, dilation, groups),
-                                    y_h.shape[-2:])
+        y_h = octave_add_upsampled(y_h, _conv(x_low, w_lh, None, padding, dilation, groups))
     y_l = None
     if has_low_out:
         y_l = _conv(octave_pool(x_high), w_hl, b_l, padding, dilation, groups)

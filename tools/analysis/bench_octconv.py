@@ -104,7 +104,8 @@ def bench_backbones(args):
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
     for m in models.values():
-        m.train().to(memory_format=fmt)
+        m.train()  # (mmdet's ResNet.train returns None: no chaining)
+        m.to(memory_format=fmt)
     print(f'\n## OctResNet-{args.depth} vs {ref_name}: batch {args.batch_backbone}, '
           f'{args.size}x{args.size}, train mode, {"channels_last" if args.channels_last else "NCHW"}, '
           f'medians of {args.repeats}')
