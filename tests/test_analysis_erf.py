@@ -70,3 +70,14 @@ def test_load_images_resizes_crops_and_normalises(tmp_path):
     (img, ) = load_images([str(tmp_path / 'a.png')], 16, mean=(0, 0, 0), std=(255, 1, 1))
     assert img.shape == (3, 16, 16)
     assert torch.allclose(img[0], torch.ones(16, 16)) and img[1:].abs().max() == 0
+
+
+def test_backbone_whose_train_returns_none():
+    """mmdet/mmseg ResNet override train() without returning self, so .eval() gives None."""
+    class Backbone(nn.Conv2d):
+        def train(self, mode=True):
+            super().train(mode)
+
+    torch.manual_seed(0)
+    erf = compute_erf(Backbone(3, 2, 3, padding=1), smooth_random_images(1, 9))
+    assert erf.shape == (9, 9) and erf[4, 4] > 0

@@ -169,12 +169,13 @@ def benchmark_case(case: BenchCase, repeats: int = 10, warmup: int = 2,
             raise ValueError(f'formats must be among {sorted(FORMATS)}, got {fmt!r}')
     dev = torch.device(device)
     torch.manual_seed(seed)
-    layer = case.make_layer().eval()
+    layer = case.make_layer()
+    layer.eval()  # (mm backbones' train() returns None: never chain .eval())
     modules: Dict[str, Any] = {case.layer_name: layer}
     for name, build in case.references.items():
         ref = build(layer)
         if isinstance(ref, nn.Module):
-            ref = ref.eval()
+            ref.eval()
         modules[name] = ref
     gen = torch.Generator().manual_seed(seed)
     if case.make_input is not None:

@@ -50,7 +50,8 @@ def compute_erf(backbone: nn.Module, images: Iterable[torch.Tensor], out_index: 
     Returns:
         np.ndarray: ``(H, W)`` float64 map, the mean over images of ``sum_c |grad|``.
     """
-    backbone = backbone.to(device).eval()
+    backbone.to(device)
+    backbone.eval()  # not chained: mmdet/mmseg ResNet.train() returns None
     total: Optional[torch.Tensor] = None
     count = 0
     for img in images:

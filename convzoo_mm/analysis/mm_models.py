@@ -61,7 +61,9 @@ def build_model(cfg, checkpoint: Optional[str] = None, device: str = 'cpu') -> n
         except Exception as e:  # e.g. a Pretrained init_cfg without network access
             print(f'warning: init_weights failed ({type(e).__name__}: {e}); using the '
                   f'constructors\' initialisation')
-    return model.to(device).eval()
+    model.to(device)
+    model.eval()  # not chained: mmdet/mmseg ResNet.train() returns None
+    return model
 
 
 def _quiet_init(model: nn.Module) -> None:
@@ -172,7 +174,8 @@ def build_backbone_spec(spec: str) -> nn.Module:
     model = importlib.import_module(f'{scope}.registry').MODELS.build(cfg)
     if hasattr(model, 'init_weights'):
         _quiet_init(model)
-    return model.eval()
+    model.eval()
+    return model
 
 
 def backbone_from_config(path: str, checkpoint: Optional[str] = None,
