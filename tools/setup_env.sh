@@ -31,6 +31,19 @@ vpy()  { "$VENV/bin/python" "$@"; }
 pipi() { vpy -m pip install -q "$@" 'setuptools<70' 2>&1 | grep -v "^WARNING: Location" || true; return "${PIPESTATUS[0]}"; }
 ok()   { (cd / && "$VENV/bin/python" -c "$1") >/dev/null 2>&1; }   # not from the repo dir
 
+# Fast path: one interpreter start checks everything the steps below would install.
+ALL_OK="import sys, os, setuptools, torch, mmengine, mmcv, mmdet, mmseg, mmseg.models, pywt, pytest
+import hypothesis, ftfy, regex, convzoo_mm
+from mmcv.ops import nms, roi_align
+sys.exit(int(setuptools.__version__.split('.')[0]) >= 70 or mmcv.__version__ != '2.1.0'
+         or mmengine.__version__ != '0.10.7' or mmdet.__version__ != '3.3.0'
+         or mmseg.__version__ != '1.2.2'
+         or os.path.dirname(os.path.dirname(os.path.abspath(convzoo_mm.__file__))) != '$PWD')"
+if [ -x "$VENV/bin/python" ] && ok "$ALL_OK"; then
+  say "environment ready: $VENV (all 7 steps already done)"
+  exit 0
+fi
+
 # 1. venv
 if [ -x "$VENV/bin/python" ]; then say "1/7 venv: $VENV exists"
 else
