@@ -98,7 +98,7 @@ def test_forward_equals_naive_all_regions(gen, case):
 
 
 @pytest.mark.parametrize('gen', GENS)
-@pytest.mark.parametrize('case', CASES[:4])
+@pytest.mark.parametrize('case', CASES)  # full: both associations (B <= k*k and B > k*k)
 def test_gradients_equal_the_surrogate(gen, case):
     """x, generator, guide and bias gradients equal autograd on the naive surrogate."""
     in_c, out_c, k, s, p, d, g, m, h, w = case
@@ -112,7 +112,8 @@ def test_gradients_equal_the_surrogate(gen, case):
     names = ['x'] + [n for n, _ in layer.named_parameters()]
     for name, a, b in zip(names, got, want):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
-    assert got[names.index('guide.weight')].abs().sum() > 0  # the guide does learn
+    if m > 1:  # the guide does learn (with one region its softmax is constant)
+        assert got[names.index('guide.weight')].abs().sum() > 0
 
 
 def test_guide_gradient_is_softmax_jacobian_of_region_responses():
@@ -167,13 +168,14 @@ def test_one_region_is_a_conv_with_the_generated_filter(gen):
     assert layer.guide.weight.grad.abs().max() == 0  # softmax over one region is constant
 
 
-@pytest.mark.parametrize('tapwise', [True, False])
+@pytest.mark.parametrize('tapwise,b', [(True, 2), (True, 10), (False, 2)])
 @pytest.mark.parametrize('s,d,g', [(1, 1, 1), (2, 2, 2)])
-def test_gradcheck_region_conv(tapwise, s, d, g):
+def test_gradcheck_region_conv(tapwise, b, s, d, g):
     """Finite differences (float64) for x and the generator factors (the region map fixed);
-    the soft input gets <g, y_r>, checked against autograd on the all-m surrogate."""
+    the soft input gets <g, y_r>, checked against autograd on the all-m surrogate. Tapwise with
+    b <= k*k and b > k*k covers both associations of the product (see _region_output)."""
     torch.manual_seed(1)
-    n, c, o, k, m, h, w, b = 2, 4, 4, 3, 3, 7, 6, 2
+    n, c, o, k, m, h, w = 2, 4, 4, 3, 3, 7, 6
     cg = c // g
     ho, wo = (h + 2 - d * 2 - 1) // s + 1, (w + 2 - d * 2 - 1) // s + 1
     x = torch.randn(n, c, h, w, dtype=torch.double, requires_grad=True)

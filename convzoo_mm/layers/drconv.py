@@ -136,6 +136,26 @@ def _grouped(w_t: torch.Tensor, groups: int) -> torch.Tensor:
     return w_t.view(w_t.shape[0], groups, -1).transpose(0, 1)
 
 
+def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
+                   groups: int, out_channels: int) -> torch.Tensor:
+    """``cols (groups, L', k*k*Cg) -> (groups, L', out/groups)`` for one (sample, region).
+
+    The paper's generator (``tapwise``) has ``W^T = coef^T @ bank`` with ``B = h/m + 1``
+    bases, so ``X @ W^T = U @ bank'`` with ``U[p, b, c] = sum_t coef[b, t] X[p, t, c]``: a
+    matmul with inner size ``B*Cg`` instead of ``k*k*Cg``, no filter to write. Used whenever
+    ``B <= k*k`` (m <= 8 at k=3 with the default h = m*m); otherwise the filter is built.
+    """
+    g, rows, kk_cg = cols.shape
+    if tapwise and coef.shape[0] <= coef.shape[1]:
+        nb, t = coef.shape
+        cg = kk_cg // t
+        u = torch.matmul(coef, cols.view(g * rows, t, cg))  # (g*L', B, Cg)
+        b_g = bank.view(nb, cg, groups, -1).permute(2, 0, 1, 3).reshape(groups, nb * cg, -1)
+        return torch.bmm(u.view(g, rows, nb * cg), b_g)
+    w_t = materialize_filters(coef, bank, tapwise, out_channels)
+    return torch.bmm(cols, _grouped(w_t, groups))
+
+
 class _RegionConv(torch.autograd.Function):
     """Region-selected dynamic convolution with the straight-through softmax gradient.
 
@@ -155,10 +175,9 @@ class _RegionConv(torch.autograd.Function):
             cols = im2col_t(pad_nhwc(x[i:i + 1], padding)[0], k, stride, dilation, (ho, wo),
                             groups)
             for r, idx in _region_rows(region[i].flatten(), m):
-                w_t = materialize_filters(coef[i, r], bank[r] if tapwise else bank, tapwise,
-                                          out_channels)
-                out[i].index_copy_(1, idx, torch.bmm(cols.index_select(1, idx),
-                                                     _grouped(w_t, groups)))
+                out[i].index_copy_(1, idx, _region_output(
+                    cols.index_select(1, idx), coef[i, r], bank[r] if tapwise else bank, tapwise,
+                    groups, out_channels))
         ctx.save_for_backward(x, region, coef, bank)
         ctx.meta, ctx.m = meta, m
         return out.permute(0, 1, 3, 2).reshape(n, out_channels, ho, wo)
@@ -175,6 +194,8 @@ class _RegionConv(torch.autograd.Function):
         grad_out = grad_out.reshape(n, groups, og, ho * wo).transpose(2, 3)
         need_x, need_soft, _, need_coef, need_bank, _ = ctx.needs_input_grad
         need_w = need_coef or need_bank
+        cg = x.shape[1] // groups
+        fused = tapwise and coef.shape[2] <= coef.shape[3]
         grad_x = torch.empty_like(x) if need_x else None
         grad_soft = x.new_empty(n, m, ho * wo) if need_soft else None  # all written
         grad_coef = torch.zeros_like(coef) if need_coef else None
@@ -188,6 +209,32 @@ class _RegionConv(torch.autograd.Function):
             rows = dict(_region_rows(region[i].flatten(), m))
             for r in range(m):
                 if not need_soft and r not in rows:
+                    continue
+                if fused:  # X @ W^T = U @ bank', see _region_output
+                    c_r, nb, t = coef[i, r], coef.shape[2], coef.shape[3]
+                    b_g = bank[r].view(nb, cg, groups, og).permute(2, 0, 1, 3).reshape(
+                        groups, nb * cg, og)
+                    u_all = None
+                    if need_soft:
+                        u_all = torch.matmul(c_r, cols.view(-1, t, cg)).view(groups, -1, nb * cg)
+                        grad_soft[i, r] = (torch.bmm(u_all, b_g) * g).sum((0, 2))
+                    if r not in rows:
+                        continue
+                    idx = rows[r]
+                    g_r = g.index_select(1, idx)
+                    x_r = cols.index_select(1, idx)  # (g, Lr, T*Cg)
+                    u_r = u_all.index_select(1, idx) if u_all is not None else torch.matmul(
+                        c_r, x_r.view(-1, t, cg)).view(groups, -1, nb * cg)
+                    gu = torch.bmm(g_r, b_g.transpose(1, 2)).view(-1, nb, cg)  # (g*Lr, B, Cg)
+                    if need_bank:
+                        gb = torch.bmm(u_r.transpose(1, 2), g_r)  # (g, B*Cg, og)
+                        grad_bank[r].view(nb, cg, groups, og).add_(
+                            gb.view(groups, nb, cg, og).permute(1, 2, 0, 3))
+                    if need_coef:
+                        grad_coef[i, r] = torch.einsum('pbc,ptc->bt', gu, x_r.view(-1, t, cg))
+                    if grad_cols is not None:
+                        grad_cols.index_copy_(1, idx, torch.matmul(c_r.t(), gu).view(
+                            groups, -1, t * cg))
                     continue
                 w_t = materialize_filters(coef[i, r], bank[r] if tapwise else bank, tapwise,
                                           out_channels)
