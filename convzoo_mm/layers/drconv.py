@@ -142,8 +142,10 @@ def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, t
 
     The paper's generator (``tapwise``) has ``W^T = coef^T @ bank`` with ``B = h/m + 1``
     bases, so ``X @ W^T = U @ bank'`` with ``U[p, b, c] = sum_t coef[b, t] X[p, t, c]``: a
-    matmul with inner size ``B*Cg`` instead of ``k*k*Cg``, no filter to write. Used whenever
-    ``B <= k*k`` (m <= 8 at k=3 with the default h = m*m); otherwise the filter is built.
+    matmul with inner size ``B*Cg`` instead of ``k*k*Cg``, no filter to write. Used in the
+    forward whenever ``B <= k*k`` (m <= 8 at k=3 with the default h = m*m; at m=4 the forward
+    is as fast as a plain conv); otherwise the filter is built. The backward always builds the
+    filter: ``U`` over all positions for the guide gradient costs more than it saves on CPU.
     """
     g, rows, kk_cg = cols.shape
     if tapwise and coef.shape[0] <= coef.shape[1]:
@@ -194,8 +196,6 @@ class _RegionConv(torch.autograd.Function):
         grad_out = grad_out.reshape(n, groups, og, ho * wo).transpose(2, 3)
         need_x, need_soft, _, need_coef, need_bank, _ = ctx.needs_input_grad
         need_w = need_coef or need_bank
-        cg = x.shape[1] // groups
-        fused = tapwise and coef.shape[2] <= coef.shape[3]
         grad_x = torch.empty_like(x) if need_x else None
         grad_soft = x.new_empty(n, m, ho * wo) if need_soft else None  # all written
         grad_coef = torch.zeros_like(coef) if need_coef else None
@@ -209,32 +209,6 @@ class _RegionConv(torch.autograd.Function):
             rows = dict(_region_rows(region[i].flatten(), m))
             for r in range(m):
                 if not need_soft and r not in rows:
-                    continue
-                if fused:  # X @ W^T = U @ bank', see _region_output
-                    c_r, nb, t = coef[i, r], coef.shape[2], coef.shape[3]
-                    b_g = bank[r].view(nb, cg, groups, og).permute(2, 0, 1, 3).reshape(
-                        groups, nb * cg, og)
-                    u_all = None
-                    if need_soft:
-                        u_all = torch.matmul(c_r, cols.view(-1, t, cg)).view(groups, -1, nb * cg)
-                        grad_soft[i, r] = (torch.bmm(u_all, b_g) * g).sum((0, 2))
-                    if r not in rows:
-                        continue
-                    idx = rows[r]
-                    g_r = g.index_select(1, idx)
-                    x_r = cols.index_select(1, idx)  # (g, Lr, T*Cg)
-                    u_r = u_all.index_select(1, idx) if u_all is not None else torch.matmul(
-                        c_r, x_r.view(-1, t, cg)).view(groups, -1, nb * cg)
-                    gu = torch.bmm(g_r, b_g.transpose(1, 2)).view(-1, nb, cg)  # (g*Lr, B, Cg)
-                    if need_bank:
-                        gb = torch.bmm(u_r.transpose(1, 2), g_r)  # (g, B*Cg, og)
-                        grad_bank[r].view(nb, cg, groups, og).add_(
-                            gb.view(groups, nb, cg, og).permute(1, 2, 0, 3))
-                    if need_coef:
-                        grad_coef[i, r] = torch.einsum('pbc,ptc->bt', gu, x_r.view(-1, t, cg))
-                    if grad_cols is not None:
-                        grad_cols.index_copy_(1, idx, torch.matmul(c_r.t(), gu).view(
-                            groups, -1, t * cg))
                     continue
                 w_t = materialize_filters(coef[i, r], bank[r] if tapwise else bank, tapwise,
                                           out_channels)
