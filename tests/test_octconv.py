@@ -443,3 +443,26 @@ def test_onnx_export_matches():
     sess = ort.InferenceSession(buf.getvalue())
     y = sess.run(None, {'x': x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(y), m(x).detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_dropin_in_mmdet_slots():
+    """conv_cfg/dcn slots of mmdet's ResNet (Bottleneck 3x3) and FPN take the drop-in layer:
+    same output shapes as the plain model on odd sizes, finite gradients into the octave convs."""
+    bb = pytest.importorskip('mmdet.models.backbones')
+    necks = pytest.importorskip('mmdet.models.necks')
+    import convzoo_mm  # noqa: F401
+    cfg = dict(type='OctaveConv', alpha_in=0.5, alpha_out=0.5)
+    kw = dict(depth=50, stem_channels=16, base_channels=16)
+    oct_bb = bb.ResNet(dcn=cfg, stage_with_dcn=(True, True, True, True), **kw)
+    plain_bb = bb.ResNet(**kw)
+    fpn = necks.FPN([64, 128, 256, 512], 32, 4, conv_cfg=cfg)
+    assert sum(isinstance(m, OctaveConv) for m in oct_bb.modules()) == 16
+    x = torch.randn(1, 3, 67, 93)
+    outs = oct_bb(x)
+    assert [o.shape for o in outs] == [o.shape for o in plain_bb(x)]
+    feats = fpn(outs)
+    assert [f.shape[-2:] for f in feats] == [o.shape[-2:] for o in outs]
+    sum(f.sum() for f in feats).backward()
+    grads = [m.weight.grad for m in list(oct_bb.modules()) + list(fpn.modules())
+             if isinstance(m, OctaveConv)]
+    assert len(grads) == 24 and all(g is not None and torch.isfinite(g).all() for g in grads)
