@@ -493,7 +493,8 @@ class DRConv(nn.Module):
 
     def count_flops(self, input_shape) -> int:
         """Multiply-accumulates of the forward for ``input_shape = (N, C, H, W)`` (formula in
-        the class docstring)."""
+        the class docstring): the paper's operations, independent of how the fast path
+        associates the products (its ``U @ bank`` form does fewer when ``h/m + 1 < k*k``)."""
         n, _, h, w = input_shape
         ho, wo = self.output_size(h, w)
         k2 = self.kernel_size[0] ** 2
