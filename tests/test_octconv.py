@@ -352,8 +352,11 @@ def test_split_rule():
 
 
 # ------------------------------------------------------------------ norm per branch
-def test_octave_norm_equals_separate_batchnorms():
-    bn = nn.BatchNorm2d(10, momentum=0.3)
+@pytest.mark.parametrize('cls', [nn.BatchNorm2d, nn.SyncBatchNorm])
+def test_octave_norm_equals_separate_batchnorms(cls):
+    """BN (sliced F.batch_norm) and SyncBN (sliced functional_call; single process, so it
+    normalises like BN) against two separate BatchNorm2d modules."""
+    bn = cls(10, momentum=0.3)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 2)
         bn.bias.uniform_(-1, 1)

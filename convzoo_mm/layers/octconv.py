@@ -560,8 +560,9 @@ class OctaveConvModule(nn.Module):
         bias (bool | str): 'auto' (default): bias only without a norm.
         alpha_in, alpha_out (float): as :class:`OctaveConv`.
         split (bool): split mode (tuples in/out) or drop-in (tensors). Default: True.
-        norm_cfg (dict | None): e.g. ``dict(type='BN')``; ONE norm of ``out_channels`` channels
-            applied to each branch with its channel slice (see :func:`octave_norm`).
+        norm_cfg (dict | None): e.g. ``dict(type='BN')``; ONE norm of ``out_channels`` channels,
+            applied in split mode to each branch with its channel slice (see
+            :func:`octave_norm`), in drop-in mode to the merged output tensor.
         act_cfg (dict | None): activation, applied to each branch. Default: ReLU.
 
     Submodules ``conv``, the norm (named as mmcv names it, e.g. ``bn``) and ``activate``, as in
