@@ -457,7 +457,7 @@ def test_demo_config_trains_through_mm_tools(tmp_path):
     from tests.utils import ROOT, run_tool
     make_demo_data(os.path.join(ROOT, 'data', 'demo'))
     work = tmp_path / 'work'
-    run_tool('train.py', 'configs/demo/mask-rcnn_r50-thin-drconv-m4-c3-c4_fpn_1xb8-12e_demo.py',
+    run_tool('train.py', 'configs/demo/fcos_r50-thin-drconv-m4-c3-c4_fpn_1xb8-12e_demo.py',
              '--work-dir', work, '--cfg-options',
              'train_dataloader.dataset.indices=8', 'train_dataloader.num_workers=0',
              'train_dataloader.persistent_workers=False', 'train_cfg.max_epochs=2',

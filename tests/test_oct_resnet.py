@@ -256,7 +256,7 @@ OCT_CONFIGS = {
     'octconv/upernet_r50-octconv-a0.25_4xb4-160k_ade20k-512x512.py': ('OctResNetV1c', 0.25),
     'octconv/upernet_r50-octconv-a0.5_4xb4-160k_ade20k-512x512.py': ('OctResNetV1c', 0.5),
     'octconv/upernet_r50_4xb4-160k_ade20k-512x512.py': ('ResNetV1c', None),
-    'demo/mask-rcnn_r50-thin-octconv-a0.5_fpn_1xb8-12e_demo.py': ('OctResNet', 0.5),
+    'demo/fcos_r50-thin-octconv-a0.5_fpn_1xb8-12e_demo.py': ('OctResNet', 0.5),
     'demo/upernet_r50-thin-octconv-a0.5_1xb8-300i_demo-128x128.py': ('OctResNetV1c', 0.5),
 }
 
@@ -311,7 +311,7 @@ def test_demo_config_trains_through_mm_tools(tmp_path):
     from convzoo_mm.demo import make_demo_data
     make_demo_data(os.path.join(ROOT, 'data', 'demo'))
     work = tmp_path / 'work'
-    run_tool('train.py', 'configs/demo/mask-rcnn_r50-thin-octconv-a0.5_fpn_1xb8-12e_demo.py',
+    run_tool('train.py', 'configs/demo/fcos_r50-thin-octconv-a0.5_fpn_1xb8-12e_demo.py',
              '--work-dir', work, '--cfg-options',
              'train_dataloader.dataset.indices=8', 'train_dataloader.num_workers=0',
              'train_dataloader.persistent_workers=False', 'train_cfg.max_epochs=2',

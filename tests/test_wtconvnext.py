@@ -364,7 +364,7 @@ def test_layer_decay_constructor_accepts_backbone(scope, decay_type, num_layers)
 
 
 # ----------------------------------------------------------------------------- mm tools
-DEMO_DET = 'configs/demo/mask-rcnn_wtconvnext-demo_fpn_1xb8-12e_demo.py'
+DEMO_DET = 'configs/demo/fcos_wtconvnext-demo_fpn_1xb8-12e_demo.py'
 
 
 @pytest.mark.slow

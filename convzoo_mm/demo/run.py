@@ -12,7 +12,7 @@ from .data import make_demo_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_CONFIGS = {
-    'det': 'configs/demo/mask-rcnn_r50-thin-wtconv-c3-c5_fpn_1xb8-12e_demo.py',
+    'det': 'configs/demo/fcos_r50-thin-wtconv-c3-c5_fpn_1xb8-12e_demo.py',
     'seg': 'configs/demo/upernet_r50-thin-wtconv-c3-c5_1xb8-300i_demo-128x128.py',
 }
 METRICS = {  # table column -> (metric key written by the mm evaluator, scale to a fraction)
@@ -25,7 +25,8 @@ METRICS = {  # table column -> (metric key written by the mm evaluator, scale to
 def _run(cmd: List[str], log_path: str, label: str) -> None:
     """Run a tool, log everything to ``log_path`` and echo progress lines."""
     print(f'[demo] {label}: {" ".join(cmd)}  (log: {log_path})', flush=True)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = dict(os.environ, PYTHONUNBUFFERED='1',
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)

@@ -1,8 +1,8 @@
-# Demo detector on the generated shapes data (python -m convzoo_mm.demo / tools/run_demo.py
-# writes it to data/demo/coco): Mask R-CNN with a thin ResNet-50 (stem 16, stage widths
-# 64/128/256/512), trained from scratch on 128x128 images. Layer configs override
-# `model.backbone.dcn` (Bottleneck 3x3 slot) or the backbone itself.
-_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
+# Demo detector on the generated shapes data (tools/run_demo.py writes it to data/demo/coco):
+# FCOS with a thin ResNet-50 (stem 16, stage widths 64/128/256/512) trained from scratch on
+# 128x128 images (a one-stage box detector: Mask R-CNN's RoI ops are too slow for a CPU demo).
+# Layer configs override `model.backbone.dcn` (Bottleneck 3x3 slot) or the backbone itself.
+_base_ = ['mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py']
 custom_imports = dict(imports=['convzoo_mm'], allow_failed_imports=False)
 
 data_root = 'data/demo/coco/'
@@ -13,25 +13,19 @@ widths = [64, 128, 256, 512]
 norm_cfg = dict(type='BN', requires_grad=True)
 
 model = dict(
-    data_preprocessor=dict(pad_size_divisor=32),
+    data_preprocessor=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                           bgr_to_rgb=True, pad_size_divisor=32),
     backbone=dict(stem_channels=16, base_channels=16, frozen_stages=-1, norm_cfg=norm_cfg,
-                  norm_eval=False, init_cfg=None),
-    neck=dict(in_channels=widths, out_channels=64),
-    rpn_head=dict(in_channels=64, feat_channels=64,
-                  anchor_generator=dict(scales=[4])),
-    roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=3),
-        mask_roi_extractor=dict(out_channels=64),
-        mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=3)),
-    train_cfg=dict(
-        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-        rcnn=dict(sampler=dict(num=128))),
-    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
+                  norm_eval=False, style='pytorch', init_cfg=None),
+    neck=dict(in_channels=widths, out_channels=64, num_outs=3),
+    bbox_head=dict(num_classes=3, in_channels=64, feat_channels=64, stacked_convs=2,
+                   strides=[8, 16, 32], regress_ranges=((-1, 32), (32, 64), (64, 1e8)),
+                   norm_cfg=dict(type='GN', num_groups=16, requires_grad=True)),
+    test_cfg=dict(nms_pre=300, max_per_img=20))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=image_size, keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
@@ -39,7 +33,7 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
@@ -54,7 +48,7 @@ val_dataloader = dict(
                  ann_file='annotations/instances_val.json',
                  data_prefix=dict(img='val/'), pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json', metric='bbox')
 test_evaluator = val_evaluator
 
 max_epochs = 12

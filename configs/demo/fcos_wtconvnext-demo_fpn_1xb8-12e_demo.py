@@ -1,5 +1,5 @@
 # Demo-size WTConvNeXt (depths 1-1-2-1, widths 64/128/256/512, WTConv k=5 with 3/2/2/1 wavelet
-# levels) in the demo Mask R-CNN, trained from scratch on the generated shapes data with the
+# levels) in the demo FCOS detector, trained from scratch on the generated shapes data with the
 # ConvNeXt recipe's layer-wise learning-rate decay (mmdet LearningRateDecayOptimizerConstructor).
 # The ConvNeXt baseline of the same size: --cfg-options model.backbone.conv_type=plain
 _base_ = ['./_base_/demo_det.py']

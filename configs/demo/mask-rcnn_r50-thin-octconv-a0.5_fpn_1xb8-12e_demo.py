@@ -1,3 +1,0 @@
-# Oct-ResNet (alpha 0.5 in stages 1-3) as the thin demo R50 of Mask R-CNN on the generated data.
-_base_ = ['./_base_/demo_det.py']
-model = dict(backbone=dict(type='OctResNet', alpha=0.5))

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Distributed evaluation: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options...]
+# (one process per GPU; see tools/dist_launch.sh for multi-node variables and CPU/gloo use)
+if [ $# -lt 3 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
+  sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//'; case "${1:-}" in -h|--help) exit 0;; *) exit 2;; esac; fi
+CONFIG=$1; CHECKPOINT=$2; GPUS=$3; shift 3
+exec bash "$(dirname "$0")/dist_launch.sh" test.py "$GPUS" "$CONFIG" "$CHECKPOINT" "$@"
