@@ -10,7 +10,7 @@ model = dict(
         type='WTConvNeXt',
         arch=dict(depths=(1, 1, 2, 1), channels=(64, 128, 256, 512), wt_levels=(3, 2, 2, 1)),
         conv_type='wtconv',
-        out_indices=(0, 1, 2, 3),
+        out_indices=(1, 2, 3),
         drop_path_rate=0.1,
         layer_scale_init_value=1e-6))
 

@@ -9,15 +9,15 @@ data_root = 'data/demo/coco/'
 metainfo = dict(classes=('circle', 'square', 'triangle'),
                 palette=[(220, 20, 60), (0, 160, 0), (30, 60, 230)])
 image_size = (128, 128)
-widths = [64, 128, 256, 512]
+widths = [128, 256, 512]          # c3-c5 feed the FPN (P3-P5, strides 8/16/32)
 norm_cfg = dict(type='BN', requires_grad=True)
 
 model = dict(
     data_preprocessor=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
                            bgr_to_rgb=True, pad_size_divisor=32),
-    backbone=dict(stem_channels=16, base_channels=16, frozen_stages=-1, norm_cfg=norm_cfg,
-                  norm_eval=False, style='pytorch', init_cfg=None),
-    neck=dict(in_channels=widths, out_channels=64, num_outs=3),
+    backbone=dict(stem_channels=16, base_channels=16, out_indices=(1, 2, 3), frozen_stages=-1,
+                  norm_cfg=norm_cfg, norm_eval=False, style='pytorch', init_cfg=None),
+    neck=dict(in_channels=widths, out_channels=64, start_level=0, num_outs=3),
     bbox_head=dict(num_classes=3, in_channels=64, feat_channels=64, stacked_convs=2,
                    strides=[8, 16, 32], regress_ranges=((-1, 32), (32, 64), (64, 1e8)),
                    norm_cfg=dict(type='GN', num_groups=16, requires_grad=True)),
