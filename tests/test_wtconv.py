@@ -231,3 +231,26 @@ def test_bad_inputs():
         layer(torch.randn(4, 8, 8))
     with pytest.raises(ValueError, match='in_channels=4'):
         layer(torch.randn(1, 3, 8, 8))
+
+
+def test_shape_fuzzing_documented_shape_or_value_error():
+    """Any size 1..97, channels, kernel, stride, dilation, groups, levels: the documented output
+    shape (N, out, ceil(H/s), ceil(W/s)) or a ValueError, never another exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(h=st.integers(1, 97), w=st.integers(1, 97), cin=st.integers(0, 6),
+           cout=st.integers(0, 6), k=st.integers(0, 6), s=st.integers(0, 3),
+           d=st.integers(1, 3), g=st.integers(1, 3), levels=st.integers(-1, 4),
+           wt=st.sampled_from(['db1', 'db2', 'haar', 'bogus']))
+    def check(h, w, cin, cout, k, s, d, g, levels, wt):
+        try:
+            layer = WTConv(cin, cout, k, s, dilation=d, groups=g, wt_levels=levels, wt_type=wt)
+        except ValueError:
+            return
+        out = layer(torch.randn(1, cin, h, w))
+        assert out.shape == (1, cout, -(-h // s), -(-w // s))
+        assert torch.isfinite(out).all()
+
+    check()

@@ -111,13 +111,7 @@ def wavelet_synthesis(y: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def haar_analysis(x: torch.Tensor) -> torch.Tensor:
-    """Haar DWT (same result as :func:`wavelet_analysis` with the db1 bank).
-
-    x: (N, C, H, W), H and W even -> (N, C, 4, H/2, W/2), returned as a view whose memory is
-    (N, H/2, W/2, C, 4): ``reshape(N, 4C, H/2, W/2)`` of it is a channels_last tensor with the
-    published channel order c*4 + band, ready for the depthwise level conv without a copy.
-    """
+def _haar_analysis(x: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     px = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c)
     p00, p01, p10, p11 = px[:, :, 0, :, 0], px[:, :, 0, :, 1], px[:, :, 1, :, 0], px[:, :, 1, :, 1]
@@ -126,9 +120,7 @@ def haar_analysis(x: torch.Tensor) -> torch.Tensor:
     return bands.permute(0, 3, 4, 1, 2)
 
 
-def haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Inverse Haar DWT of ``y`` with ``ll_extra`` (N, C, h, w) added to its LL band first.
-    y: (N, C, 4, h, w) -> (N, C, 2h, 2w), channels_last."""
+def _haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None) -> torch.Tensor:
     n, c, _, h, w = y.shape
     ll, lh, hl, hh = y.permute(0, 3, 4, 1, 2).unbind(-1)          # each (N, h, w, C)
     if ll_extra is not None:
@@ -137,6 +129,50 @@ def haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None) -> 
     rows = (torch.stack([p + r, p - r], dim=3), torch.stack([q + t, q - t], dim=3))
     out = torch.stack(rows, dim=2).mul_(0.5)                       # (N, h, 2, w, 2, C)
     return out.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
+class _HaarAnalysis(torch.autograd.Function):
+    """The Haar transform is orthogonal, so its backward is the synthesis of the gradient: as
+    cheap as the forward (autograd through the strided slices would zero-fill four input-sized
+    buffers instead)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _haar_analysis(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _haar_synthesis(grad)
+
+
+class _HaarSynthesis(torch.autograd.Function):
+    """Backward = analysis of the gradient; the LL band of it is the gradient of ``ll_extra``."""
+
+    @staticmethod
+    def forward(ctx, y, ll_extra):
+        ctx.has_extra = ll_extra is not None
+        return _haar_synthesis(y, ll_extra)
+
+    @staticmethod
+    def backward(ctx, grad):
+        bands = _haar_analysis(grad)
+        return bands, (bands[:, :, 0] if ctx.has_extra else None)
+
+
+def haar_analysis(x: torch.Tensor) -> torch.Tensor:
+    """Haar DWT (same result as :func:`wavelet_analysis` with the db1 bank).
+
+    x: (N, C, H, W), H and W even -> (N, C, 4, H/2, W/2), returned as a view whose memory is
+    (N, H/2, W/2, C, 4): ``reshape(N, 4C, H/2, W/2)`` of it is a channels_last tensor with the
+    published channel order c*4 + band, ready for the depthwise level conv without a copy.
+    """
+    return _HaarAnalysis.apply(x)
+
+
+def haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Inverse Haar DWT of ``y`` with ``ll_extra`` (N, C, h, w) added to its LL band first.
+    y: (N, C, 4, h, w) -> (N, C, 2h, 2w), channels_last."""
+    return _HaarSynthesis.apply(y, ll_extra)
 
 
 def haar_synthesis_even_pixels(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None):
