@@ -12,8 +12,12 @@ import torch
 import torch.nn as nn
 
 __all__ = ['load_config', 'config_scope', 'build_model', 'backbone_from_config', 'dummy_batch',
-           'forward_for_analysis',
+           'forward_for_analysis', 'fixed_roi_supported', 'forward_fixed_rois',
            'model_complexity']
+
+#: the mmdet 2.x ``get_flops`` convention (``forward_dummy``): bbox heads on 1000 proposals per
+#: stage, mask heads on the first 100 of them per stage (the FLOPs papers of that era quote)
+PAPER_ROIS, PAPER_MASK_ROIS = 1000, 100
 
 SCOPES = ('mmdet', 'mmseg')
 
@@ -129,19 +133,121 @@ def forward_for_analysis(model: nn.Module, data: Dict[str, Any]) -> Tuple[nn.Mod
     return model, (data['inputs'], )
 
 
+def fixed_roi_supported(model: nn.Module) -> bool:
+    """Whether ``model`` is an mmdet two-stage detector whose RoI head can be counted on fixed
+    proposals: a :class:`StandardRoIHead` or :class:`CascadeRoIHead` (or a subclass that keeps
+    their ``forward``, i.e. the same tensor-mode computation)."""
+    try:
+        from mmdet.models.detectors import TwoStageDetector
+        from mmdet.models.roi_heads import CascadeRoIHead, StandardRoIHead
+    except ImportError:
+        return False
+    if not isinstance(model, TwoStageDetector) or not getattr(model, 'with_roi_head', False):
+        return False
+    head = type(model.roi_head)
+    return ((issubclass(head, CascadeRoIHead) and head.forward is CascadeRoIHead.forward)
+            or (issubclass(head, StandardRoIHead) and head.forward is StandardRoIHead.forward))
+
+
+def random_proposals(shape: Sequence[int], num: int, seed: int = 0) -> torch.Tensor:
+    """``num`` random ``(x1, y1, x2, y2)`` boxes inside an ``(H, W)`` image (seeded). Their
+    coordinates do not change the FLOPs; mmdet 2.x used ``torch.randn(1000, 4)``."""
+    h, w = float(shape[0]), float(shape[1])
+    gen = torch.Generator().manual_seed(seed)
+    size = torch.tensor([w, h])
+    wh = (torch.rand(num, 2, generator=gen) * 0.3 + 0.02) * size
+    xy = torch.rand(num, 2, generator=gen) * (size - wh)
+    return torch.cat([xy, xy + wh], 1)
+
+
+def _fixed_roi_forward(model: nn.Module, inputs: torch.Tensor, proposals: torch.Tensor,
+                       num_mask_rois: int) -> Tuple:
+    """mmdet 2.x ``TwoStageDetector.forward_dummy`` + ``(Cascade|Standard)RoIHead.forward_dummy``
+    on mmdet 3 modules: backbone, neck, ``rpn_head`` forward (no proposal post-processing), then
+    every bbox head on all ``proposals`` and every mask head on the first ``num_mask_rois``."""
+    from mmdet.models.roi_heads import CascadeRoIHead
+    from mmdet.structures.bbox import bbox2roi
+    outs = ()
+    x = model.extract_feat(inputs)
+    if model.with_rpn:
+        outs = outs + (model.rpn_head(x), )
+    head = model.roi_head
+    rois = bbox2roi([proposals.to(inputs.device)])
+    mask_rois = rois[:num_mask_rois]
+    if isinstance(head, CascadeRoIHead):
+        for stage in range(head.num_stages):
+            if head.with_bbox:
+                res = head._bbox_forward(stage, x, rois)
+                outs = outs + (res['cls_score'], res['bbox_pred'])
+        for stage in range(head.num_stages if head.with_mask else 0):
+            outs = outs + (head._mask_forward(stage, x, mask_rois)['mask_preds'], )
+    else:
+        if head.with_bbox:
+            res = head._bbox_forward(x, rois)
+            outs = outs + (res['cls_score'], res['bbox_pred'])
+        if head.with_mask:
+            outs = outs + (head._mask_forward(x, mask_rois)['mask_preds'], )
+    return outs
+
+
+def forward_fixed_rois(model: nn.Module, data: Dict[str, Any], rois: int = PAPER_ROIS,
+                       mask_rois: int = PAPER_MASK_ROIS, seed: int = 0
+                       ) -> Tuple[nn.Module, Tuple]:
+    """Like :func:`forward_for_analysis`, but ``model(inputs)`` runs the two-stage detector the
+    way mmdet 2.x's ``forward_dummy`` did (the convention of the FLOPs in the papers of that
+    era): RoI heads on ``rois`` fixed random proposals instead of the RPN's output, bbox heads on
+    all of them (every cascade stage), mask heads on the first ``min(mask_rois, rois)`` (every
+    stage). Needs :func:`fixed_roi_supported` and a batch of one image."""
+    if not fixed_roi_supported(model):
+        raise ValueError(f'{type(model).__name__} with '
+                         f'{type(getattr(model, "roi_head", None)).__name__}: fixed-RoI counting '
+                         'needs a two-stage detector with a Standard/Cascade RoI head')
+    if rois < 1 or mask_rois < 0:
+        raise ValueError(f'rois must be >= 1 and mask_rois >= 0, got {rois}, {mask_rois}')
+    inputs = data['inputs']
+    if inputs.shape[0] != 1:
+        raise ValueError('fixed-RoI counting takes a batch of one image')
+    proposals = random_proposals(inputs.shape[-2:], rois, seed)
+    model.forward = partial(_fixed_roi_forward, model, proposals=proposals,
+                            num_mask_rois=min(mask_rois, rois))
+    return model, (inputs, )
+
+
 def model_complexity(cfg, shape: Sequence[int], max_depth: int = 3,
-                     checkpoint: Optional[str] = None) -> Dict[str, Any]:
+                     checkpoint: Optional[str] = None, rois: Optional[int] = None,
+                     mask_rois: int = PAPER_MASK_ROIS) -> Dict[str, Any]:
     """FLOPs/params of the detector or segmentor of ``cfg`` for one ``(H, W)`` image, exact for
-    convzoo layers (:func:`convzoo_mm.analysis.flops.get_model_complexity`)."""
+    convzoo layers (:func:`convzoo_mm.analysis.flops.get_model_complexity`).
+
+    ``rois=None`` counts like mmdet 3's get_flops (``mode='tensor'``: a two-stage detector's RoI
+    heads see whatever the RPN proposes, mask heads included). ``rois=N`` counts two-stage
+    detectors with a Standard/Cascade RoI head like mmdet 2.x (:func:`forward_fixed_rois`: bbox
+    heads on ``N`` fixed proposals and mask heads on ``min(mask_rois, N)`` per stage; the papers'
+    convention is ``N=1000, mask_rois=100``); other models ignore it. ``result['roi_mode']`` says
+    which count it is: ``'fixed'``, ``'rpn'`` (two-stage, mmdet 3) or ``None`` (no RoI head)."""
     from .flops import get_model_complexity
     scope = config_scope(cfg)
     model = build_model(cfg, checkpoint)
     with torch.no_grad():
         data = dummy_batch(model, scope, shape)
-    model, inputs = forward_for_analysis(model, data)
+    roi_mode = None
+    if scope == 'mmdet' and getattr(model, 'with_roi_head', False):
+        roi_mode = 'rpn'
+        if rois is not None:
+            if fixed_roi_supported(model):
+                roi_mode = 'fixed'
+            else:
+                print(f'warning: {type(model.roi_head).__name__} cannot be counted on fixed RoIs; '
+                      'counting the RPN proposals (mmdet 3 convention)')
+    if roi_mode == 'fixed':
+        model, inputs = forward_fixed_rois(model, data, rois, mask_rois)
+    else:
+        model, inputs = forward_for_analysis(model, data)
     result = get_model_complexity(model, inputs, max_depth=max_depth)
     result['input_shape'] = tuple(data['inputs'].shape[-2:])
     result['scope'] = scope
+    result['roi_mode'] = roi_mode
+    result['rois'] = (rois, min(mask_rois, rois)) if roi_mode == 'fixed' else None
     del model.forward
     return result
 
