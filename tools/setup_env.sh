@@ -5,8 +5,9 @@
 #
 # Steps (each is skipped when what it installs already works in the venv):
 #   1. venv         python3 -m venv $VENV
-#   2. build tools  setuptools<70 (mmcv's setup.py and mmengine's mmdet:: resolution need pkg_resources)
-#   3. torch        torch==2.13.0 (CPU wheel on this machine kind)
+#   2. torch        torch==2.13.0 (CPU wheel on this machine kind)
+#   3. build tools  setuptools<70 (mmcv's setup.py and mmengine's mmdet:: resolution need
+#                   pkg_resources; torch declares setuptools>=77 but does not need it to run)
 #   4. mmengine     mmengine==0.10.7
 #   5. mmcv         mmcv==2.1.0 compiled from source with its CPU ops (~16 min on 2 cores, then cached by pip)
 #   6. mm stack     mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pywavelets + test tools
@@ -26,9 +27,15 @@ T0=$(date +%s)
 say()  { printf '[setup %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 fail() { say "FAILED at step '$1'"; say "what to try: $2"; exit 1; }
 vpy()  { "$VENV/bin/python" "$@"; }
-# every install keeps setuptools<70: mmcv's setup.py and mmengine's `mmdet::` base resolution
-# import pkg_resources, which newer setuptools (pulled in by other packages) no longer ships
-pipi() { vpy -m pip install -q "$@" 'setuptools<70' 2>&1 | grep -v "^WARNING: Location" || true; return "${PIPESTATUS[0]}"; }
+# pip with its "Location is ignored" noise filtered out; returns pip's own exit status
+pipi() {
+  local log rc; log=$(mktemp)
+  vpy -m pip install -q "$@" >"$log" 2>&1; rc=$?
+  grep -v "^WARNING: Location" "$log"; rm -f "$log"; return $rc
+}
+# after torch, every install keeps setuptools<70: mmcv's setup.py and mmengine's `mmdet::` base
+# resolution import pkg_resources, which newer setuptools (torch asks for >=77) no longer ships
+PIN='setuptools<70'
 ok()   { (cd / && "$VENV/bin/python" -c "$1") >/dev/null 2>&1; }   # not from the repo dir
 
 # Fast path: one interpreter start checks everything the steps below would install.
@@ -51,26 +58,26 @@ else
   "$PYTHON" -m venv "$VENV" || fail venv "install python3-venv, or set PYTHON=/path/to/python3.11"
 fi
 
-# 2. build tools
-if ok "import setuptools, wheel, pkg_resources, sys; sys.exit(int(setuptools.__version__.split('.')[0]) >= 70)"; then
-  say "2/7 build tools: ok"
+# 2. torch
+if ok "import torch"; then say "2/7 torch: $(vpy -c 'import torch; print(torch.__version__)') present"
 else
-  say "2/7 build tools: installing setuptools<70, wheel"
-  pipi --upgrade pip wheel || fail "build tools" "check network access to PyPI"
+  say "2/7 torch: installing torch==2.13.0"
+  pipi torch==2.13.0 || fail torch "pip install torch==2.13.0 into $VENV by hand (or your CUDA build), then rerun"
 fi
 
-# 3. torch
-if ok "import torch"; then say "3/7 torch: $(vpy -c 'import torch; print(torch.__version__)') present"
+# 3. build tools
+if ok "import setuptools, wheel, pkg_resources, sys; sys.exit(int(setuptools.__version__.split('.')[0]) >= 70)"; then
+  say "3/7 build tools: ok"
 else
-  say "3/7 torch: installing torch==2.13.0"
-  pipi torch==2.13.0 || fail torch "pip install torch==2.13.0 into $VENV by hand (or your CUDA build), then rerun"
+  say "3/7 build tools: installing setuptools<70, wheel"
+  pipi --upgrade pip wheel "$PIN" || fail "build tools" "check network access to PyPI"
 fi
 
 # 4. mmengine
 if ok "import mmengine, sys; sys.exit(mmengine.__version__ != '0.10.7')"; then say "4/7 mmengine: ok"
 else
   say "4/7 mmengine: installing mmengine==0.10.7"
-  pipi mmengine==0.10.7 'numpy' 'opencv-python' || fail mmengine "pip install mmengine==0.10.7"
+  pipi mmengine==0.10.7 numpy opencv-python "$PIN" || fail mmengine "pip install mmengine==0.10.7"
 fi
 
 # 5. mmcv with compiled ops
@@ -80,7 +87,7 @@ else
   say "5/7 mmcv: building mmcv==2.1.0 from source with CPU ops (MAX_JOBS=$MAX_JOBS)."
   say "    This takes ~16 min on 2 cores the first time; pip caches the wheel, later installs take seconds."
   log=$(mktemp /tmp/mmcv-build.XXXX.log)
-  MMCV_WITH_OPS=1 vpy -m pip install -v --no-build-isolation mmcv==2.1.0 'setuptools<70' >"$log" 2>&1 &
+  MMCV_WITH_OPS=1 vpy -m pip install -v --no-build-isolation mmcv==2.1.0 "$PIN" >"$log" 2>&1 &
   pid=$!
   while kill -0 $pid 2>/dev/null; do
     sleep 30
@@ -97,7 +104,7 @@ if ok "import mmdet, mmseg, mmseg.models, pywt, pytest, hypothesis, ftfy, regex,
   say "6/7 mmdet/mmseg/pywavelets/pytest: ok"
 else
   say "6/7 mmdet/mmseg/pywavelets/pytest: installing"
-  pipi mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex PyWavelets pytest hypothesis matplotlib \
+  pipi mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex PyWavelets pytest hypothesis matplotlib "$PIN" \
     || fail "mm stack" "pip install mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex PyWavelets pytest"
 fi
 
