@@ -454,18 +454,10 @@ def test_demo_config_trains_through_mm_tools(tmp_path):
     import os
 
     from convzoo_mm.demo import make_demo_data
-    from tests.utils import ROOT, run_tool
+    from tests.utils import ROOT, train_demo_briefly
     make_demo_data(os.path.join(ROOT, 'data', 'demo'))
     work = tmp_path / 'work'
-    run_tool('train.py', 'configs/demo/fcos_r50-thin-drconv-m4-c3-c4_fpn_1xb8-12e_demo.py',
-             '--work-dir', work, '--cfg-options',
-             'train_dataloader.dataset.indices=8', 'train_dataloader.num_workers=0',
-             'train_dataloader.persistent_workers=False', 'train_cfg.max_epochs=2',
-             'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1',
-             'default_hooks.checkpoint.max_keep_ckpts=2', 'default_hooks.logger.interval=1',
-             'randomness.seed=0', env={'OMP_NUM_THREADS': '1'})
-    sds = [torch.load(work / f'epoch_{e}.pth', map_location='cpu', weights_only=False)
-           ['state_dict'] for e in (1, 2)]
+    sds = train_demo_briefly('configs/demo/fcos_r50-thin-drconv-m4-c3-c4_fpn_1xb8-12e_demo.py', work)
     keys = [k for k in sds[0] if k.endswith('conv2.guide.weight')]
     assert len(keys) == 4 + 6
     for key in keys:

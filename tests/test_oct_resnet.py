@@ -18,7 +18,7 @@ pytest.importorskip('mmcv.cnn')
 
 from convzoo_mm.backbones.oct_resnet import OctBottleneck, OctResNet, OctResNetV1c  # noqa: E402
 from convzoo_mm.layers.octconv import OctaveConv  # noqa: E402
-from tests.utils import ROOT, run_tool  # noqa: E402
+from tests.utils import ROOT, train_demo_briefly  # noqa: E402
 
 THIN = dict(stem_channels=16, base_channels=16)
 PAPER_GFLOPS = {0.0: 4.1, 0.125: 3.6, 0.25: 3.1, 0.5: 2.4, 0.75: 1.9}
@@ -311,15 +311,7 @@ def test_demo_config_trains_through_mm_tools(tmp_path):
     from convzoo_mm.demo import make_demo_data
     make_demo_data(os.path.join(ROOT, 'data', 'demo'))
     work = tmp_path / 'work'
-    run_tool('train.py', 'configs/demo/fcos_r50-thin-octconv-a0.5_fpn_1xb8-12e_demo.py',
-             '--work-dir', work, '--cfg-options',
-             'train_dataloader.dataset.indices=8', 'train_dataloader.num_workers=0',
-             'train_dataloader.persistent_workers=False', 'train_cfg.max_epochs=2',
-             'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1',
-             'default_hooks.checkpoint.max_keep_ckpts=2', 'default_hooks.logger.interval=1',
-             'randomness.seed=0', env={'OMP_NUM_THREADS': '1'})
-    sds = [torch.load(work / f'epoch_{e}.pth', map_location='cpu', weights_only=False)
-           ['state_dict'] for e in (1, 2)]
+    sds = train_demo_briefly('configs/demo/fcos_r50-thin-octconv-a0.5_fpn_1xb8-12e_demo.py', work)
     from mmdet.models.backbones import ResNet
     plain_keys = {f'backbone.{k}' for k in ResNet(50, **THIN).state_dict()}
     assert {k for k in sds[0] if k.startswith('backbone.')} == plain_keys

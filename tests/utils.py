@@ -17,3 +17,17 @@ def run_tool(script, *args, timeout=900, env=None):
         raise AssertionError(f'{" ".join(cmd)} failed ({proc.returncode}):\n'
                              f'{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}')
     return proc
+
+
+def train_demo_briefly(config, work_dir, epochs=2):
+    """Train a demo detection config through tools/train.py for ``epochs`` one-iteration epochs
+    (8 images, seeded, one thread); return the state dicts of the epoch checkpoints, in order."""
+    import torch
+    run_tool('train.py', config, '--work-dir', work_dir, '--cfg-options',
+             'train_dataloader.dataset.indices=8', 'train_dataloader.num_workers=0',
+             'train_dataloader.persistent_workers=False', f'train_cfg.max_epochs={epochs}',
+             'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1',
+             f'default_hooks.checkpoint.max_keep_ckpts={epochs}',
+             'default_hooks.logger.interval=1', 'randomness.seed=0', env={'OMP_NUM_THREADS': '1'})
+    return [torch.load(os.path.join(work_dir, f'epoch_{e}.pth'), map_location='cpu',
+                       weights_only=True)['state_dict'] for e in range(1, epochs + 1)]

@@ -26,6 +26,7 @@ from mmengine.model import BaseModule, Sequential
 from ..layers.checks import check_choice, check_float, check_int
 from ..layers.octconv import OctaveConv, octave_apply, octave_merge, octave_norm
 from ..registry import register
+from .base import FreezableBackbone
 
 __all__ = ['OctResNet', 'OctResNetV1c', 'OctBottleneck']
 
@@ -132,7 +133,7 @@ def _stage_alphas(alpha, num_stages: int) -> Tuple[float, ...]:
 
 
 @register
-class OctResNet(BaseModule):
+class OctResNet(FreezableBackbone):
     """Oct-ResNet backbone with mmdet ``ResNet``'s arguments and parameter names.
 
     Args:
@@ -304,14 +305,6 @@ class OctResNet(BaseModule):
                 outs.append(octave_merge(x))
         return tuple(outs)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
 
 @register

@@ -28,10 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmengine.model import BaseModule
 
 from ..layers.checks import check_choice, check_float, check_int
 from ..registry import register
+from .base import FreezableBackbone
 
 __all__ = ['WTConvNeXt', 'convert_state_dict', 'check_converted', 'load_source_checkpoint',
            'trainable_param_count', 'ARCH_SETTINGS']
@@ -373,7 +373,7 @@ class ConvNeXtBlock(nn.Module):
 
 
 @register
-class WTConvNeXt(BaseModule):
+class WTConvNeXt(FreezableBackbone):
     """WTConvNeXt backbone (and the ConvNeXt v1 baseline with ``conv_type='plain'``).
 
     `Wavelet Convolutions for Large Receptive Fields <https://arxiv.org/abs/2407.05848>`_ (ECCV 2024)
@@ -530,14 +530,6 @@ class WTConvNeXt(BaseModule):
                 for p in module.parameters():
                     p.requires_grad = False
 
-    def train(self, mode: bool = True) -> 'WTConvNeXt':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
