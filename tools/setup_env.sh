@@ -71,6 +71,7 @@ if ok "import setuptools, wheel, pkg_resources, sys; sys.exit(int(setuptools.__v
 else
   say "3/7 build tools: installing setuptools<70, wheel"
   pipi --upgrade pip wheel "$PIN" || fail "build tools" "check network access to PyPI"
+  say "    (pip's note that torch wants setuptools>=77 is expected: torch runs without it)"
 fi
 
 # 4. mmengine
