@@ -65,3 +65,6 @@ optim_wrapper = dict(
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 default_hooks = dict(logger=dict(interval=10),
                      checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
+
+# fixed training seed: the demo's numbers are reproducible run to run
+randomness = dict(seed=0)
