@@ -1,4 +1,6 @@
-"""Keep mmengine 0.10.x checkpoints loadable under torch >= 2.6 without giving up safety.
+"""Compatibility shims for mmengine 0.10.x, applied when convzoo_mm is imported.
+
+1. Checkpoints: keep them loadable under torch >= 2.6 without giving up safety.
 
 torch 2.6 made ``torch.load(weights_only=True)`` the default; mmengine 0.10.7 calls ``torch.load``
 without the argument, and its checkpoints hold a few plain-data objects (the message hub's
@@ -12,6 +14,10 @@ rejects, so ``--resume`` fails. Importing convzoo_mm (configs do it through ``cu
   must refuse); mmengine's own ``__setstate__`` already accepts a state without it and the class
   keeps its registered methods. Checkpoints written by mmengine without convzoo_mm still carry the
   table: resume those with ``weights_only=False`` only if you trust them.
+
+2. CPU distributed runs (``tools/dist_train.sh`` without CUDA): mmengine's pytorch launcher calls
+   ``torch.cuda.set_device`` and its Runner gives DDP ``device_ids``; without CUDA we initialise
+   gloo and build DDP without device ids. GPU runs are untouched.
 """
 import importlib
 
@@ -53,3 +59,41 @@ def allow_mmengine_checkpoint_globals() -> None:
 
 
 allow_mmengine_checkpoint_globals()
+
+
+def _init_dist_pytorch_cpu_aware(original):
+    """mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` unconditionally; on a
+    machine without CUDA initialise the process group with gloo instead (CPU training, tests)."""
+
+    def init(backend, init_backend='torch', **kwargs):
+        if torch.cuda.is_available() or init_backend != 'torch':
+            return original(backend, init_backend=init_backend, **kwargs)
+        torch.distributed.init_process_group(backend='gloo', **kwargs)
+
+    init._convzoo_patched = True
+    return init
+
+
+def _ddp_init_cpu_aware(original):
+    """mmengine's Runner passes ``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU modules."""
+
+    def init(self, module, *args, **kwargs):
+        if not any(p.is_cuda for p in module.parameters()):
+            kwargs['device_ids'] = None
+        original(self, module, *args, **kwargs)
+
+    init._convzoo_patched = True
+    return init
+
+
+def allow_cpu_distributed() -> None:
+    """Let ``tools/dist_train.sh`` (torchrun + mmengine's pytorch launcher) run on CPU."""
+    import mmengine.dist.utils as dist_utils
+    from mmengine.model.wrappers import MMDistributedDataParallel
+    if not getattr(dist_utils._init_dist_pytorch, '_convzoo_patched', False):
+        dist_utils._init_dist_pytorch = _init_dist_pytorch_cpu_aware(dist_utils._init_dist_pytorch)
+    if not getattr(MMDistributedDataParallel.__init__, '_convzoo_patched', False):
+        MMDistributedDataParallel.__init__ = _ddp_init_cpu_aware(MMDistributedDataParallel.__init__)
+
+
+allow_cpu_distributed()

@@ -2,8 +2,8 @@
 # torchrun launcher shared by dist_train.sh / dist_test.sh:
 #   bash tools/dist_launch.sh TOOL NPROC [TOOL arguments...]   (TOOL: train.py or test.py)
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT on every node. PYTHON picks the
-# interpreter (default: python). Backend: NCCL on GPUs; on CPU-only machines pass
-# --cfg-options env_cfg.dist_cfg.backend=gloo.
+# interpreter (default: python). Backend: the config's (NCCL) on GPUs; without CUDA, gloo
+# (convzoo_mm patches mmengine 0.10.7's launcher, which assumed CUDA; SyncBN needs GPUs).
 set -euo pipefail
 if [ $# -lt 3 ]; then sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2; fi
 TOOL=$1; NPROC=$2; shift 2

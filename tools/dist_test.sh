@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Distributed evaluation: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options...]
-# (one process per GPU; see tools/dist_launch.sh for multi-node variables and CPU/gloo use)
+# (one process per GPU; see tools/dist_launch.sh for multi-node variables; gloo on CPU)
 if [ $# -lt 3 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//'; case "${1:-}" in -h|--help) exit 0;; *) exit 2;; esac; fi
 CONFIG=$1; CHECKPOINT=$2; GPUS=$3; shift 3

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Distributed training: bash tools/dist_train.sh CONFIG GPUS [train.py options...]
-# (one process per GPU; see tools/dist_launch.sh for multi-node variables and CPU/gloo use)
+# (one process per GPU; see tools/dist_launch.sh for multi-node variables; gloo on CPU)
 if [ $# -lt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//'; case "${1:-}" in -h|--help) exit 0;; *) exit 2;; esac; fi
 CONFIG=$1; GPUS=$2; shift 2
