@@ -1,22 +1,12 @@
 # UperNet 160k on ADE20K 512x512 with WTConvNeXt-B: mmseg's ConvNeXt recipe (AMP, AdamW
 # lr 1e-4 wd 0.05, stage-wise decay 0.9 over 12 layers, drop path 0.4, 1500-iter warmup then poly to 160k,
 # slide test crop 512 stride 341; 8 GPUs x 2 images) with the backbone swapped.
-_base_ = ['mmseg::convnext/convnext-base_upernet_8xb2-amp-160k_ade20k-512x512.py']
-custom_imports = dict(imports=['convzoo_mm'], allow_failed_imports=False)
+_base_ = ['./convnext-base_upernet_8xb2-amp-160k_ade20k-512x512.py']
 
 # ImageNet-1k WTConvNeXt-B (official, timm naming; https://github.com/BGU-CS-VIL/WTConv -> model weights), converted with
 #   python tools/convert_wtconvnext.py WTConvNeXt_base_5_300e_ema.pth \
 #       checkpoints/wtconvnext-base_in1k_convzoo.pth --arch base
 wtconvnext_base_in1k = 'checkpoints/wtconvnext-base_in1k_convzoo.pth'
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='WTConvNeXt',
-        arch='base',
-        wt_levels=(5, 4, 3, 2),
-        out_indices=[0, 1, 2, 3],
-        drop_path_rate=0.4,
-        layer_scale_init_value=1.0,
-        init_cfg=dict(type='Pretrained', checkpoint=wtconvnext_base_in1k, prefix='backbone.')),
-)
+model = dict(backbone=dict(conv_type='wtconv', wt_levels=(5, 4, 3, 2),
+                           init_cfg=dict(checkpoint=wtconvnext_base_in1k)))
