@@ -254,3 +254,17 @@ def test_shape_fuzzing_documented_shape_or_value_error():
         assert torch.isfinite(out).all()
 
     check()
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    layer = WTConv(4, 4, 5, groups=4, wt_levels=2)
+    x = torch.randn(2, 4, 21, 18, requires_grad=True)
+    eager = layer(x)
+    (g_eager, ) = torch.autograd.grad(eager.sum(), x)
+    compiled = torch.compile(layer)
+    out = compiled(x)
+    (g_comp, ) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_comp, g_eager, rtol=1e-5, atol=1e-5)
