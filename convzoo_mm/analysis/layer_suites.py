@@ -14,6 +14,7 @@
 ``preset='tiny'`` shrinks every case (batch 1, few channels, small maps) for tests and smoke
 runs; ``shapes`` overrides the shapes of every selected layer.
 """
+import argparse
 import inspect
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -52,6 +53,14 @@ SHAPES: Dict[str, Dict[str, List[Tuple[str, Shape, dict]]]] = {
         'tiny': [('C8@16²', (1, 8, 16, 16), {})],
     },
 }
+
+
+def parse_shape(text: str) -> Tuple[int, int, int, int]:
+    """'NxCxHxW' (command-line shape of a benchmark input) -> (N, C, H, W)."""
+    parts = text.lower().split('x')
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f'shape must be NxCxHxW with positive ints, got {text!r}')
+    return tuple(int(p) for p in parts)
 
 
 def available_layers() -> Dict[str, type]:

@@ -17,13 +17,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-def parse_shape(text):
-    parts = text.lower().split('x')
-    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f'shape must be NxCxHxW with positive ints, got {text!r}')
-    return tuple(int(p) for p in parts)
+from convzoo_mm.analysis.layer_suites import parse_shape  # noqa: E402
 
 
 def main(argv=None):
