@@ -356,12 +356,16 @@ class WTConv(nn.Module):
         return rec
 
     def count_flops(self, input_shape) -> int:
-        """Multiply-accumulates for an input (N, C, H, W): base conv k*k per output pixel and
-        channel; per level with padded size (Ph, Pw): analysis 4*C*Ph*Pw*L*L/4... i.e.
-        ``C*Ph*Pw*L*L`` for the transform (L taps; 4*C*Ph*Pw for Haar), ``C*Ph*Pw*k*k`` for the
-        level conv and the same as the transform for the inverse (only a quarter at the top
-        level when the Haar stride-2 shortcut runs); the 1x1 conv ``O*C/groups`` per output
-        pixel. Element-wise scales and additions are not counted (mmengine convention)."""
+        """Multiply-accumulates for an input (N, C, H, W), counted as the equivalent convs:
+
+        * base conv: ``C*k*k`` per output pixel;
+        * per level, input padded to (Ph, Pw), wavelet of L taps: the transform ``C*Ph*Pw*L*L``
+          (4C outputs at Ph*Pw/4 pixels with L*L taps; ``4*C*Ph*Pw`` for Haar), the level conv
+          ``C*Ph*Pw*k*k`` and the inverse as much as the transform (a quarter of it at the top
+          level when the Haar stride-2 shortcut runs);
+        * the 1x1 conv (not depthwise-only): ``O*C/groups`` per output pixel.
+
+        Element-wise scales and additions are not counted (mmengine convention)."""
         n, c, h, w = (int(v) for v in input_shape)
         k, s = self.kernel_size[0], self.stride[0]
         taps = self.wt_filter.shape[-1] ** 2
