@@ -36,11 +36,9 @@ def _run(cmd: List[str], log_path: str, label: str) -> None:
                                 stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
-            if any(key in line for key in ('Epoch(train)', 'Iter(train)', 'Epoch(val)',
-                                           'Iter(val)', 'Epoch(test)', 'Iter(test)')):
-                if '[' in line and 'loss' in line or 'mAP' in line or 'mIoU' in line \
-                        or line.count('/') and '50/' in line:
-                    print('   ', line.rstrip()[-160:], flush=True)
+            progress = any(key in line for key in ('(train)', '(val)', '(test)'))
+            if progress and any(key in line for key in ('loss', 'mAP', 'mIoU')):
+                print('   ', line.rstrip()[-160:], flush=True)   # losses and metrics
         if proc.wait() != 0:
             tail = open(log_path).read()[-3000:]
             raise RuntimeError(f'{label} failed (exit {proc.returncode}); end of {log_path}:\n'
