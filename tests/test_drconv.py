@@ -364,19 +364,6 @@ def test_mmcv_conv_contract():
     out.sum().backward()
 
 
-def test_onnx_export_matches_pytorch(tmp_path):
-    pytest.importorskip('onnx')
-    ort = pytest.importorskip('onnxruntime')
-    torch.manual_seed(0)
-    layer = DRConv(4, 6, 3, 2, 1, 1, 2, num_regions=3).eval()
-    x = torch.randn(2, 4, 9, 10)
-    path = str(tmp_path / 'drconv.onnx')
-    torch.onnx.export(layer, (x, ), path, input_names=['x'], output_names=['y'], dynamo=False)
-    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    got = sess.run(None, {'x': x.numpy()})[0]
-    torch.testing.assert_close(torch.from_numpy(got), layer(x), rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.slow
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)

@@ -435,19 +435,6 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(torch.compile(m)(x), m(x), atol=1e-5, rtol=1e-5)
 
 
-def test_onnx_export_matches():
-    pytest.importorskip('onnx')
-    ort = pytest.importorskip('onnxruntime')
-    import io
-    m = _make((0.5, 0.5), 2, 1, 3, 1).float().eval()
-    x = torch.randn(1, 8, 13, 16)
-    buf = io.BytesIO()
-    torch.onnx.export(m, (x,), buf, input_names=['x'], output_names=['y'], dynamo=False)
-    sess = ort.InferenceSession(buf.getvalue())
-    y = sess.run(None, {'x': x.numpy()})[0]
-    torch.testing.assert_close(torch.from_numpy(y), m(x).detach(), atol=1e-4, rtol=1e-4)
-
-
 def test_dropin_in_mmdet_slots():
     """conv_cfg/dcn slots of mmdet's ResNet (Bottleneck 3x3) and FPN take the drop-in layer:
     same output shapes as the plain model on odd sizes, finite gradients into the octave convs."""
