@@ -23,8 +23,8 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule, Sequential
 
-from ..layers.checks import check_choice, check_float, check_int
-from ..layers.octconv import OctaveConv, octave_apply, octave_merge, octave_norm
+from ..layers.checks import check_choice, check_float, check_int, known_options
+from ..layers.octconv import OctaveConv, check_split, octave_apply, octave_merge, octave_norm
 from ..registry import register
 from .base import FreezableBackbone
 
@@ -167,6 +167,7 @@ class OctResNet(FreezableBackbone):
     """
     arch_settings = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
+    @known_options
     def __init__(self, depth: int = 50, alpha: Union[float, Sequence[float]] = 0.5,
                  in_channels: int = 3, stem_channels: Optional[int] = None,
                  base_channels: int = 64, num_stages: int = 4,
@@ -203,6 +204,12 @@ class OctResNet(FreezableBackbone):
                              f'{num_stages}), got {tuple(out_indices)}')
         check_int('frozen_stages', frozen_stages, -1, num_stages)
         self.alphas = _stage_alphas(alpha, num_stages)
+        for i, a in enumerate(self.alphas):  # every conv of stage i splits planes and 4*planes
+            name = 'alpha' if isinstance(alpha, (int, float)) else f'alpha[{i}]'
+            planes = base_channels * 2**i
+            for channels in (planes, planes * OctBottleneck.expansion):
+                check_split(name, a, channels, f' (stage {i + 1} of base_channels='
+                                               f'{base_channels})')
         self.depth, self.num_stages = depth, num_stages
         self.out_indices = tuple(out_indices)
         self.style, self.deep_stem = style, deep_stem

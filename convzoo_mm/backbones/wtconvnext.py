@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from ..layers.checks import check_choice, check_float, check_int
+from ..layers.checks import check_choice, check_float, check_int, known_options
 from ..registry import register
 from .base import FreezableBackbone
 
@@ -387,8 +387,9 @@ class WTConvNeXt(FreezableBackbone):
         conv_type (str): ``'wtconv'`` (WTConvNeXt) or ``'plain'`` (ConvNeXt baseline).
         kernel_size (int, optional): depthwise kernel size; default 5 for ``'wtconv'``, 7 for
             ``'plain'``.
-        wt_levels (Sequence[int]): wavelet levels per stage. Default ``(5, 4, 3, 2)``; an ``arch``
-            dict's ``wt_levels`` takes precedence.
+        wt_levels (Sequence[int], optional): wavelet levels per stage. Default: an ``arch``
+            dict's ``wt_levels``, else ``(5, 4, 3, 2)``; giving both with different values is
+            an error (one of them would be ignored).
         wt_type (str): wavelet (pywavelets name). Default ``'db1'``.
         stem_patch_size (int): stride and size of the patchify stem conv. Default 4.
         drop_path_rate (float): stochastic depth rate of the last block (linear from 0). Default 0.
@@ -413,12 +414,13 @@ class WTConvNeXt(FreezableBackbone):
     """
     arch_settings = ARCH_SETTINGS
 
+    @known_options
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
                  in_channels: int = 3,
                  conv_type: str = 'wtconv',
                  kernel_size: Optional[int] = None,
-                 wt_levels: Sequence[int] = DEFAULT_WT_LEVELS,
+                 wt_levels: Optional[Sequence[int]] = None,
                  wt_type: str = 'db1',
                  stem_patch_size: int = 4,
                  drop_path_rate: float = 0.,
@@ -443,7 +445,13 @@ class WTConvNeXt(FreezableBackbone):
         else:
             raise ValueError(f'arch must be one of {list(self.arch_settings)} or a dict, got {arch!r}')
         depths, channels = list(arch['depths']), list(arch['channels'])
-        wt_levels = list(arch.get('wt_levels', wt_levels))
+        if 'wt_levels' in arch and wt_levels is not None and \
+                list(arch['wt_levels']) != list(wt_levels):
+            raise ValueError(f"wt_levels={tuple(wt_levels)} conflicts with arch['wt_levels']="
+                             f"{tuple(arch['wt_levels'])}: give the levels in one place (the "
+                             f"arch dict's would win)")
+        wt_levels = list(arch.get('wt_levels', DEFAULT_WT_LEVELS if wt_levels is None
+                                  else wt_levels))
         for name, seq in (('arch depths', depths), ('arch channels', channels),
                           ('wt_levels', wt_levels)):
             if len(seq) != 4:

@@ -1,7 +1,39 @@
 """Argument checks shared by the layers: every message names the argument and what is allowed."""
+import difflib
+import functools
+import inspect
 from typing import Any, Iterable, Optional, Tuple, Union
 
 import torch
+
+
+def known_options(init):
+    """Decorator of a layer's or backbone's ``__init__``: an unknown keyword option (a typo in a
+    config, e.g. ``wt_level=2``) is a ``TypeError`` that names it, suggests the closest option
+    and lists them all. Python's own message ("unexpected keyword argument") names the key only.
+    The signature seen by ``inspect`` stays the original one."""
+    params = inspect.signature(init).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(f'known_options: {init.__qualname__} takes **kwargs, nothing to check')
+    known = [n for n, p in params.items() if n != 'self'
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            raise TypeError(unknown_options_message(type(self).__name__, unknown, known))
+        return init(self, *args, **kwargs)
+    return wrapper
+
+
+def unknown_options_message(owner: str, unknown: Iterable[str], known: Iterable[str]) -> str:
+    known = list(known)
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        parts.append(repr(key) + (f' (did you mean {close[0]!r}?)' if close else ''))
+    return f'{owner} has no option {", ".join(parts)}; its options are: {", ".join(known)}'
 
 
 def _as_int(name: str, value: Any) -> int:

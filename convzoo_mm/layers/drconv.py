@@ -43,7 +43,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import register
-from .checks import check_choice, check_divides, check_input, check_int, check_square
+from .checks import (check_choice, check_divides, check_input, check_int, check_square,
+                     known_options)
+from .state_dict import LayerStateDict
 
 __all__ = ['DRConv', 'conv_output_size', 'materialize_filters', 'im2col_t', 'region_conv',
            'drconv_naive']
@@ -301,7 +303,7 @@ def drconv_naive(x: torch.Tensor, mask: torch.Tensor, filters: torch.Tensor, str
 # Module
 # --------------------------------------------------------------------------------------------
 @register
-class DRConv(nn.Module):
+class DRConv(LayerStateDict, nn.Module):
     """Dynamic region-aware convolution, a drop-in for an mm conv slot.
 
     A guide conv (k x k, the layer's stride/padding/dilation, ``in -> m``) splits the output
@@ -358,7 +360,9 @@ class DRConv(nn.Module):
     Shapes:
         input ``(N, in, H, W)`` -> output ``(N, out, Ho, Wo)``.
     """
+    _version = 1  # state-dict layout (convzoo_mm.layers.state_dict); no renames so far
 
+    @known_options
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, num_regions: int = 8,
                  generator: str = 'full', gen_channels: Optional[int] = None,
@@ -433,6 +437,26 @@ class DRConv(nn.Module):
             nn.init.zeros_(self.head_out.bias)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+
+    @staticmethod
+    def _options_from_shapes(shapes):
+        """Options implied by the shapes: guide.weight (m, in, k, k); gen_bank
+        (m, h/m + 1, in/groups, out) for generator 'full', bank (B, k, k, in/groups, out) and
+        head_hidden.weight (c, in, 1, 1) for 'basis'."""
+        guide = shapes.get('guide.weight')
+        if guide is None or len(guide) != 4:
+            return None
+        opts = dict(num_regions=guide[0], in_channels=guide[1], kernel_size=guide[-1],
+                    bias='bias' in shapes)
+        if 'gen_bank' in shapes:
+            m, rows, _, out = shapes['gen_bank']
+            opts.update(generator='full', gen_channels=m * (rows - 1), out_channels=out)
+        elif 'bank' in shapes:
+            opts.update(generator='basis', num_bases=shapes['bank'][0],
+                        out_channels=shapes['bank'][-1])
+            if 'head_hidden.weight' in shapes:
+                opts['head_channels'] = shapes['head_hidden.weight'][0]
+        return opts
 
     # ---- the pieces of the forward --------------------------------------------------------
     def output_size(self, h: int, w: int) -> Tuple[int, int]:

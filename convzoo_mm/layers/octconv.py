@@ -44,11 +44,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import register
-from .checks import check_choice, check_float, check_input, check_int, check_square, check_same_padding
+from .checks import (check_choice, check_float, check_input, check_int, check_same_padding,
+                     check_square, known_options)
+from .state_dict import LayerStateDict
 
-__all__ = ['OctaveConv', 'OctaveConvModule', 'split_channels', 'half_size', 'octave_pool',
-           'octave_upsample', 'octave_add_upsampled', 'octave_conv2d', 'octave_conv_flops',
-           'octave_merge', 'octave_norm', 'octave_apply']
+__all__ = ['OctaveConv', 'OctaveConvModule', 'split_channels', 'check_split', 'half_size',
+           'octave_pool', 'octave_upsample', 'octave_add_upsampled', 'octave_conv2d',
+           'octave_conv_flops', 'octave_merge', 'octave_norm', 'octave_apply']
 
 OctTensor = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -60,6 +62,18 @@ def split_channels(channels: int, alpha: float) -> Tuple[int, int]:
     """``(high, low)`` channel counts: ``low = int(round(alpha * channels))``."""
     low = int(round(alpha * channels))
     return channels - low, low
+
+
+def check_split(name: str, alpha: float, channels: int, where: str = '') -> Tuple[int, int]:
+    """:func:`split_channels`, or ValueError naming ``name`` when ``alpha > 0`` leaves a branch
+    empty (``where`` says which channels, e.g. for a backbone's stage)."""
+    high, low = split_channels(channels, alpha)
+    if alpha > 0 and (low == 0 or high == 0):
+        raise ValueError(
+            f'{name}={alpha} splits {channels} channels{where} into high={high}, low={low} '
+            f'(low = round({name} * channels)); both branches need at least one channel: use '
+            f'{name}=0 or {name} in [{1 / channels:.4g}, {(channels - 1) / channels:.4g}]')
+    return high, low
 
 
 def half_size(n: int) -> int:
@@ -364,7 +378,7 @@ def octave_norm(norm: nn.Module, x: OctTensor) -> OctTensor:
 # module
 # --------------------------------------------------------------------------------------------
 @register
-class OctaveConv(nn.Module):
+class OctaveConv(LayerStateDict, nn.Module):
     """Octave convolution, usable as ``conv_cfg=dict(type='OctaveConv', alpha_in=.., alpha_out=..)``.
 
     See the module docstring for the conventions (channel split, weight layout, stride, odd sizes).
@@ -391,7 +405,9 @@ class OctaveConv(nn.Module):
 
     Weight: ``weight`` (C_out, C_in // groups, k, k), ``bias`` (C_out,).
     """
+    _version = 1  # state-dict layout (convzoo_mm.layers.state_dict); no renames so far
 
+    @known_options
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
                  padding=None, dilation=1, groups: int = 1, bias: bool = True,
                  alpha_in: float = 0.5, alpha_out: float = 0.5, split: bool = False):
@@ -409,15 +425,8 @@ class OctaveConv(nn.Module):
         check_choice('split', split, [True, False])
         alpha_in = check_float('alpha_in', alpha_in, 0.0, 1.0)
         alpha_out = check_float('alpha_out', alpha_out, 0.0, 1.0)
-        in_split = split_channels(in_channels, alpha_in)
-        out_split = split_channels(out_channels, alpha_out)
-        for name, alpha, total, (high, low) in (('alpha_in', alpha_in, in_channels, in_split),
-                                               ('alpha_out', alpha_out, out_channels, out_split)):
-            if alpha > 0 and (low == 0 or high == 0):
-                raise ValueError(
-                    f'{name}={alpha} splits {total} channels into high={high}, low={low} '
-                    f'(low = round({name} * channels)); both branches need at least one channel: '
-                    f'use {name}=0 or a value in [{0.5 / total:.4g}, {1 - 0.5 / total:.4g})')
+        in_split = check_split('alpha_in', alpha_in, in_channels)
+        out_split = check_split('alpha_out', alpha_out, out_channels)
         for name, total in (('in_channels', in_channels), ('out_channels', out_channels)):
             if total % groups:
                 raise ValueError(f'groups={groups} must divide {name}={total}')
@@ -452,6 +461,16 @@ class OctaveConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, k, k))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
+
+    @staticmethod
+    def _options_from_shapes(shapes):
+        """Options implied by the shapes: weight (C_out, C_in // groups, k, k); the alphas do
+        not change any shape (a plain conv checkpoint fits)."""
+        w = shapes.get('weight')
+        if w is None or len(w) != 4:
+            return None
+        return {'out_channels': w[0], 'in_channels // groups': w[1], 'kernel_size': w[-1],
+                'bias': 'bias' in shapes}
 
     @property
     def plain(self) -> bool:
@@ -569,6 +588,7 @@ class OctaveConvModule(nn.Module):
     ``mmcv.cnn.ConvModule``. Input/output: as :class:`OctaveConv` in the chosen mode.
     """
 
+    @known_options
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=None,
                  dilation=1, groups=1, bias='auto', alpha_in=0.5, alpha_out=0.5, split=True,
                  norm_cfg=None, act_cfg=dict(type='ReLU')):
