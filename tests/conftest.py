@@ -1,6 +1,13 @@
 import os
 
-import pytest
+import torch
+
+# Without a GPU, Triton kernels run in Triton's CPU interpreter, which must be chosen before the
+# kernels are defined (convzoo_mm.ops is imported later than this file).
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import pytest  # noqa: E402
 
 from tests.utils import ROOT
 

@@ -118,8 +118,10 @@ class _Runner:
     """Forward / forward+backward closures for one module in one memory format."""
 
     def __init__(self, module: Any, x: Any, memory_format: str, device: torch.device,
-                 seed: int = 0) -> None:
+                 seed: int = 0, autocast: Optional[torch.dtype] = None) -> None:
         fmt = FORMATS[memory_format]
+        self.autocast = lambda: torch.autocast(device.type, autocast or torch.bfloat16,
+                                               enabled=autocast is not None)
         if isinstance(module, nn.Module):  # own copy: .to() changes a module in place
             module = copy.deepcopy(module)
             module = module.to(device=device, memory_format=fmt) if fmt is torch.channels_last \
@@ -129,7 +131,7 @@ class _Runner:
         self.x = _map_tensors(x, lambda t: t.to(device).contiguous(memory_format=fmt)
                               if t.dim() == 4 else t.to(device))
         self.x_grad = _map_tensors(self.x, lambda t: t.detach().requires_grad_(t.is_floating_point()))
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             out = self.module(self.x)
         gen = torch.Generator().manual_seed(seed)
         self.grads = _map_tensors(out, lambda t: torch.randn(t.shape, generator=gen).to(
@@ -143,11 +145,12 @@ class _Runner:
             t.grad = None
 
     def fwd(self) -> Any:
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             return self.module(self.x)
 
     def fwd_bwd(self) -> None:
-        out = self.module(self.x_grad)
+        with self.autocast():
+            out = self.module(self.x_grad)
         outs, grads = _tensors(out), _tensors(self.grads)
         pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
         torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
@@ -156,13 +159,17 @@ class _Runner:
 def benchmark_case(case: BenchCase, repeats: int = 10, warmup: int = 2,
                    formats: Sequence[str] = ('nchw', ), device: str = 'cpu',
                    timer: Callable[[], float] = time.perf_counter, measure_memory: bool = True,
-                   atol: float = 1e-5, seed: int = 0, log: Callable[[str], None] = print
-                   ) -> List[Dict[str, Any]]:
+                   atol: float = 1e-5, seed: int = 0, log: Callable[[str], None] = print,
+                   autocast: Optional[torch.dtype] = None) -> List[Dict[str, Any]]:
     """Measure the layer and every reference of ``case``; return one row per module.
 
     Row keys: ``case, layer, module, role ('layer'|'reference'), fwd, fwd_bwd`` (each
     ``dict(median, p25, p75, format)`` in seconds), ``peak_fwd, peak_fwd_bwd`` (bytes or None),
-    ``max_abs_diff`` (exact references only) and ``outputs_match`` (``max_abs_diff <= atol``).
+    ``max_abs_diff`` (exact references only) and ``outputs_match`` (``max_abs_diff <= atol``,
+    atol relative to the largest output magnitude when above 1).
+
+    ``autocast``: run every module under ``torch.autocast(device, dtype)`` (mixed precision as in
+    mm's AmpOptimWrapper); compare with an atol suited to that dtype.
     """
     for fmt in formats:
         if fmt not in FORMATS:
@@ -183,7 +190,7 @@ def benchmark_case(case: BenchCase, repeats: int = 10, warmup: int = 2,
     else:
         x = torch.randn(case.input_shape, generator=gen)
 
-    runners = {(name, fmt): _Runner(m, x, fmt, dev, seed)
+    runners = {(name, fmt): _Runner(m, x, fmt, dev, seed, autocast)
                for name, m in modules.items() for fmt in formats}
     times: Dict[Tuple[str, str, str], List[float]] = {}
     # interleave: every repeat visits every module, so slow drifts of the machine hit all alike
@@ -216,10 +223,12 @@ def benchmark_case(case: BenchCase, repeats: int = 10, warmup: int = 2,
                 row['peak_' + kind] = None
         if name in case.exact:
             out = runners[(name, formats[0])].fwd()
+            pairs = list(zip(_tensors(out), _tensors(layer_out)))
             diffs = [float((a.float() - b.float()).abs().max()) if a.shape == b.shape
-                     else float('inf') for a, b in zip(_tensors(out), _tensors(layer_out))]
+                     else float('inf') for a, b in pairs]
+            scale = max([1.0] + [float(b.float().abs().max()) for _, b in pairs])
             row['max_abs_diff'] = max(diffs) if diffs else float('inf')
-            row['outputs_match'] = row['max_abs_diff'] <= atol
+            row['outputs_match'] = row['max_abs_diff'] <= atol * scale
         rows.append(row)
         log(f'  {case.layer_name} {case.label:>22s} {name:>28s}: fwd '
             f'{row["fwd"]["median"] * 1e3:8.2f} ms, fwd+bwd {row["fwd_bwd"]["median"] * 1e3:8.2f} ms'
@@ -294,6 +303,7 @@ def results_markdown(rows: Sequence[Dict[str, Any]], info: Optional[Dict[str, An
         where = info.get('gpu') or info.get('processor')
         lines.append(f'Measured {info["date"]} on {info["device"]} ({where}, '
                      f'{info["threads"]} threads), torch {info["torch"]}'
+                     + (f', autocast {info["autocast"]}' if info.get('autocast') else '')
                      + (f', medians of {repeats} repeats' if repeats else '') + '.')
         lines.append('')
     lines += ['Speedup = reference median time / layer median time (> 1: the layer is faster), '
@@ -370,13 +380,15 @@ def plot_ratios(rows: Sequence[Dict[str, Any]], path: str, title: str = '') -> s
 def run_benchmark(cases: Sequence[BenchCase], out_dir: Optional[str] = None, repeats: int = 10,
                   warmup: int = 2, formats: Sequence[str] = ('nchw', ), device: str = 'cpu',
                   timer: Callable[[], float] = time.perf_counter, measure_memory: bool = True,
-                  name: str = 'benchmark_layers', log: Callable[[str], None] = print
-                  ) -> Dict[str, Any]:
+                  name: str = 'benchmark_layers', log: Callable[[str], None] = print,
+                  autocast: Optional[torch.dtype] = None, atol: float = 1e-5) -> Dict[str, Any]:
     """Benchmark every case; write ``<name>.md``, ``<name>.json`` and ``<name>.png`` to
     ``out_dir`` (if given). Returns ``dict(rows, ratios, info, markdown, files)``."""
     if not cases:
         raise ValueError('no benchmark cases to run')
     info = machine_info(device)
+    if autocast is not None:
+        info['autocast'] = str(autocast).replace('torch.', '')
     rows: List[Dict[str, Any]] = []
     result: Dict[str, Any] = dict(info=info, files=[])
 
@@ -400,6 +412,6 @@ def run_benchmark(cases: Sequence[BenchCase], out_dir: Optional[str] = None, rep
     for i, case in enumerate(cases):
         log(f'[{i + 1}/{len(cases)}] {case.layer_name} {case.label} input {tuple(case.input_shape)}')
         rows += benchmark_case(case, repeats, warmup, formats, device, timer, measure_memory,
-                               log=log)
+                               atol, log=log, autocast=autocast)
         write()
     return result

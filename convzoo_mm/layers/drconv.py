@@ -33,7 +33,8 @@ filter of one (sample, region) is rebuilt on the fly and its gradient is contrac
 ``dL/dcoef`` and ``dL/dbank`` at once. Memory is O(one sample's im2col) instead of
 O(N * m * out * in * k^2) (151 MB at N=8, m=8, 256->256, k=3).
 
-When exported (ONNX tracing) the layer runs :func:`drconv_naive` (static shapes, same output).
+When exported (ONNX tracing) the layer runs :func:`drconv_naive` (static shapes, same output) and
+the generator's pooling as :func:`adaptive_avg_pool_matmul` (any input size).
 """
 import math
 from typing import Optional, Tuple
@@ -48,7 +49,7 @@ from .checks import (check_choice, check_divides, check_input, check_int, check_
 from .state_dict import LayerStateDict
 
 __all__ = ['DRConv', 'conv_output_size', 'materialize_filters', 'im2col_t', 'region_conv',
-           'drconv_naive']
+           'drconv_naive', 'adaptive_avg_pool_matmul']
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +300,20 @@ def drconv_naive(x: torch.Tensor, mask: torch.Tensor, filters: torch.Tensor, str
     return (y * mask[:, None, :, None]).sum(2).reshape(n, o, *y.shape[-2:])
 
 
+def adaptive_avg_pool_matmul(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` as ``A_h @ x @ A_w^T`` with the bin-averaging
+    matrices (PyTorch's bins ``[floor(i*L/size), ceil((i+1)*L/size))``). Used when exporting:
+    the TorchScript ONNX exporter supports adaptive pooling only when ``size`` divides H and W."""
+    def bins(length):
+        i = torch.arange(size, device=x.device)
+        start = torch.div(i * length, size, rounding_mode='floor')
+        end = torch.div((i + 1) * length + size - 1, size, rounding_mode='floor')
+        pos = torch.arange(length, device=x.device)
+        a = ((pos >= start[:, None]) & (pos < end[:, None])).to(x.dtype)
+        return a / a.sum(1, keepdim=True)
+    return bins(x.shape[-2]) @ x @ bins(x.shape[-1]).t()
+
+
 # --------------------------------------------------------------------------------------------
 # Module
 # --------------------------------------------------------------------------------------------
@@ -469,7 +484,9 @@ class DRConv(LayerStateDict, nn.Module):
         the parameter, no copy)."""
         n, m, k = x.shape[0], self.num_regions, self.kernel_size[0]
         if self.generator == 'full':
-            t = torch.sigmoid(self.gen_hidden(self.gen_pool(x)))  # (N, h, k, k)
+            exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+            pooled = adaptive_avg_pool_matmul(x, k) if exporting else self.gen_pool(x)
+            t = torch.sigmoid(self.gen_hidden(pooled))  # (N, h, k, k)
             coef = t.view(n, m, self.gen_channels // m, k * k)
             coef = torch.cat([coef, coef.new_ones(n, m, 1, k * k)], 2)  # the bias as a basis
             return coef, self.gen_bank.view(m, self.gen_bank.shape[1], -1)

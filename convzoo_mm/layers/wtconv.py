@@ -33,9 +33,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import haar_wtconv as fused_ops
 from ..registry import register
 from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
-                     same_padding)
+                     known_options, same_padding)
+from .state_dict import LayerStateDict
 
 __all__ = ['WTConv', 'wavelet_filter_bank', 'wavelet_analysis', 'wavelet_synthesis',
            'haar_analysis', 'haar_synthesis']
@@ -216,7 +218,7 @@ class _ChannelScale(nn.Module):
 
 
 @register
-class WTConv(nn.Module):
+class WTConv(LayerStateDict, nn.Module):
     """Wavelet convolution, usable in any mmcv conv slot (``conv_cfg=dict(type='WTConv')``).
 
     With ``in_channels == out_channels == groups`` it is the published depthwise ``WTConv2d``
@@ -242,14 +244,21 @@ class WTConv(nn.Module):
         bias (bool): bias of the base conv (depthwise-only) or of the 1x1 conv. Default True.
         wt_levels (int): L >= 0 wavelet levels. Default 1.
         wt_type (str): orthogonal pywavelets wavelet name ('db1' = Haar). Default 'db1'.
+        impl (str): 'auto' (default) runs the fused Triton kernels
+            (:mod:`convzoo_mm.ops.haar_wtconv`) for CUDA inputs when Triton is installed, the
+            wavelet is Haar and k is odd, and the PyTorch path otherwise (and while exporting,
+            tracing or compiling); 'torch' always takes the PyTorch path; 'triton' requires the
+            kernels (CUDA inputs, or CPU under ``TRITON_INTERPRET=1``). Same outputs either way.
 
     Shape:
         input (N, C, H, W) with any H, W >= 1 -> output (N, O, ceil(H/s), ceil(W/s)).
     """
+    _version = 1  # state-dict layout (convzoo_mm.layers.state_dict); no renames so far
 
+    @known_options
     def __init__(self, in_channels: int, out_channels: int, kernel_size=5, stride=1,
                  padding: Optional[object] = None, dilation=1, groups: int = 1, bias: bool = True,
-                 wt_levels: int = 1, wt_type: str = 'db1'):
+                 wt_levels: int = 1, wt_type: str = 'db1', impl: str = 'auto'):
         super().__init__()
         in_channels = check_int('in_channels', in_channels)
         out_channels = check_int('out_channels', out_channels)
@@ -270,6 +279,13 @@ class WTConv(nn.Module):
         self.transposed, self.output_padding = False, (0, 0)
         self.depthwise_only = in_channels == out_channels == groups
         self.is_haar = bank.shape[-1] == 2
+        if impl not in ('auto', 'torch', 'triton'):
+            raise ValueError(f"impl={impl!r}: use 'auto', 'torch' or 'triton'")
+        if impl == 'triton' and not (fused_ops.AVAILABLE and self.is_haar and k % 2):
+            raise ValueError(f"impl='triton' needs Triton installed (installed: "
+                             f"{fused_ops.AVAILABLE}), wt_type='db1' (got {wt_type!r}) and an odd "
+                             f"kernel_size (got {k}); use impl='auto' to fall back to PyTorch")
+        self.impl = impl
 
         c = in_channels
         self.register_buffer('wt_filter', bank.repeat(c, 1, 1).unsqueeze(1), persistent=False)
@@ -299,8 +315,7 @@ class WTConv(nn.Module):
                 f'stride={self.stride}, dilation={self.dilation}, groups={self.groups}, '
                 f"wt_levels={self.wt_levels}, wt_type='{self.wt_type}'")
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _upgrade_state_dict(self, state_dict, prefix, version, error_msgs):
         # Published checkpoints store the frozen filters (and a ones ``stride_filter``) as
         # parameters. They carry no learned information: check they match, then drop them.
         for name in ('wt_filter', 'iwt_filter'):
@@ -314,17 +329,62 @@ class WTConv(nn.Module):
                     f'in_channels={self.in_channels}; build the layer with the wavelet it was '
                     f'trained with')
         state_dict.pop(prefix + 'stride_filter', None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+
+    @staticmethod
+    def _options_from_shapes(shapes):
+        """Options implied by the shapes: base_conv.weight (C, 1, k, k), one wavelet_convs.i
+        per level, pointwise.weight (O, C/groups, 1, 1) unless depthwise-only."""
+        base = shapes.get('base_conv.weight')
+        if base is None or len(base) != 4:
+            return None
+        levels = [int(k.split('.')[1]) for k in shapes if k.startswith('wavelet_convs.')]
+        opts = dict(in_channels=base[0], kernel_size=base[-1],
+                    wt_levels=1 + max(levels, default=-1))
+        pw = shapes.get('pointwise.weight')
+        if pw is None:
+            opts.update(out_channels=base[0], groups=base[0], bias='base_conv.bias' in shapes)
+        else:
+            opts.update(out_channels=pw[0], groups=base[0] // pw[1],
+                        bias='pointwise.bias' in shapes)
+        return opts
+
+    def _base_weights(self):
+        """Base conv weight (C, 1, k, k) and bias (C,) or None with the base scale folded in (a
+        scale after a depthwise conv is a scale of its kernel)."""
+        scale = self.base_scale.weight.reshape(-1)
+        weight = self.base_conv.weight * scale.reshape(-1, 1, 1, 1)
+        bias = None if self.base_conv.bias is None else self.base_conv.bias * scale
+        return weight, bias
+
+    def _level_weight(self, i: int) -> torch.Tensor:
+        """Level i's depthwise weight (4C, 1, k, k), channel c*4 + band, scale folded in."""
+        return self.wavelet_convs[i].weight * self.wavelet_scale[i].weight.reshape(-1, 1, 1, 1)
 
     def _level_conv(self, bands: torch.Tensor, i: int) -> torch.Tensor:
-        """Scaled depthwise conv of the (N, C, 4, h, w) subbands of level i, scale folded in."""
+        """Scaled depthwise conv of the (N, C, 4, h, w) subbands of level i."""
         n, c, _, h, w = bands.shape
-        conv = self.wavelet_convs[i]
-        weight = conv.weight * self.wavelet_scale[i].weight.reshape(-1, 1, 1, 1)
-        out = _depthwise(bands.reshape(n, 4 * c, h, w), weight, None, self.dilation[0],
-                         self.kernel_size[0])
+        out = _depthwise(bands.reshape(n, 4 * c, h, w), self._level_weight(i), None,
+                         self.dilation[0], self.kernel_size[0])
         return out.reshape(n, c, 4, h, w)
+
+    def uses_fused_kernels(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` runs the Triton kernels for this input (see ``impl``)."""
+        if self.impl == 'triton':
+            return True
+        return (self.impl == 'auto' and x.is_cuda and fused_ops.AVAILABLE and self.is_haar
+                and self.kernel_size[0] % 2 == 1 and x.numel() > 0
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+                and not torch.compiler.is_compiling())
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Depthwise WTConv at stride 1 through :func:`convzoo_mm.ops.haar_wtconv.haar_wtconv`."""
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        c, k = self.in_channels, self.kernel_size[0]
+        weight, bias = self._base_weights()
+        levels = [self._level_weight(i).reshape(c, 4, k, k) for i in range(self.wt_levels)]
+        stacked = torch.stack(levels) if levels else weight.new_zeros((0, c, 4, k, k))
+        return fused_ops.haar_wtconv(x, weight, bias, stacked, self.dilation[0])
 
     def _wavelet_path(self, x: torch.Tensor, stride: int) -> torch.Tensor:
         """Sum of all levels' reconstructions at the input size (only at the even pixels when
@@ -385,17 +445,20 @@ class WTConv(nn.Module):
         """x: (N, C, H, W) -> (N, O, ceil(H/stride), ceil(W/stride))."""
         check_input(x, self.in_channels, 'WTConv')
         s = self.stride[0]
-        # Depthwise convs run fastest (and the Haar path copy-free) in channels_last on CPU.
-        x = x.contiguous(memory_format=torch.channels_last)
-        scale = self.base_scale.weight.reshape(-1)
-        weight = self.base_conv.weight * scale.reshape(-1, 1, 1, 1)
-        bias = None if self.base_conv.bias is None else self.base_conv.bias * scale
-        out = _depthwise(x, weight, bias, self.dilation[0], self.kernel_size[0], s)
-        if self.wt_levels:
-            rec = self._wavelet_path(x, s)
-            if s > 1 and rec.shape[-2:] != out.shape[-2:]:
-                rec = rec[..., ::s, ::s]
-            out = out + rec
+        if self.uses_fused_kernels(x):
+            out = self._fused_forward(x)
+            if s > 1:
+                out = out[..., ::s, ::s]
+        else:
+            # Depthwise convs run fastest (and the Haar path copy-free) in channels_last on CPU.
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight, bias = self._base_weights()
+            out = _depthwise(x, weight, bias, self.dilation[0], self.kernel_size[0], s)
+            if self.wt_levels:
+                rec = self._wavelet_path(x, s)
+                if s > 1 and rec.shape[-2:] != out.shape[-2:]:
+                    rec = rec[..., ::s, ::s]
+                out = out + rec
         if self.pointwise is not None:
             out = self.pointwise(out)
         return out

@@ -37,6 +37,9 @@ def main(argv=None):
                         'cuda when available)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
+    parser.add_argument('--autocast', choices=['bf16', 'fp16'], help='run every module under '
+                        'torch.autocast with this dtype (outputs compared with atol 3e-2 '
+                        'relative to the output scale instead of 1e-5)')
     parser.add_argument('--out-dir', default='work_dirs/benchmark_layers')
     args = parser.parse_args(argv)
 
@@ -57,8 +60,10 @@ def main(argv=None):
         if dev.startswith('cuda') and not torch.cuda.is_available():
             parser.error('--device cuda: CUDA is not available')
         out_dir = args.out_dir if len(devices) == 1 else os.path.join(args.out_dir, dev)
+        dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(args.autocast)
         res = run_benchmark(cases, out_dir, args.repeats, args.warmup, args.formats, dev,
-                            measure_memory=not args.no_memory)
+                            measure_memory=not args.no_memory, autocast=dtype,
+                            atol=3e-2 if dtype else 1e-5)
         print(res['markdown'])
         print('wrote ' + ', '.join(res['files']))
 

@@ -1,0 +1,1 @@
+"""Optional fused kernels (Triton) behind the layers' fast paths; importable without Triton."""

@@ -1,0 +1,131 @@
+"""The fused Triton path of WTConv (convzoo_mm.ops.haar_wtconv) against the PyTorch path and the
+published computation: outputs and every gradient, odd sizes, dilation, stride, channels_last,
+in != out, levels 0-5, autocast. On a machine without a GPU the kernels run in Triton's CPU
+interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so CI checks the kernels' arithmetic;
+with CUDA they run compiled, and the automatic choice of the fused path is checked too."""
+import copy
+
+import pytest
+import torch
+
+from convzoo_mm.layers import WTConv
+from convzoo_mm.ops import haar_wtconv as fused_ops
+
+pytestmark = pytest.mark.skipif(not fused_ops.AVAILABLE, reason='Triton is not installed')
+CUDA = torch.cuda.is_available()
+DEVICE = 'cuda' if CUDA else 'cpu'
+
+
+@pytest.fixture(autouse=True)
+def _exact_cudnn():
+    """fp32 convs without TF32, so both paths compute in full float32."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+def _pair(c_in, c_out, k, levels, stride=1, dilation=1, seed=0):
+    """(PyTorch-path layer, Triton-path copy) with random (not initial) weights."""
+    torch.manual_seed(seed)
+    layer = WTConv(c_in, c_out, k, stride, dilation=dilation, wt_levels=levels,
+                   groups=c_in if c_in == c_out else 1, impl='torch')
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    layer = layer.to(DEVICE)
+    fused = copy.deepcopy(layer)
+    fused.impl = 'triton'
+    return layer, fused
+
+
+def _run(layer, x, grad):
+    x = x.clone().requires_grad_()
+    out = layer(x)
+    out.backward(grad)
+    return out.detach(), [x.grad] + [p.grad for p in layer.parameters()]
+
+
+CASES = [  # c_in, c_out, H, W, levels, k, stride, dilation, channels_last
+    (3, 3, 13, 11, 2, 5, 1, 1, False),
+    (3, 3, 16, 16, 1, 3, 1, 1, True),
+    (2, 2, 17, 9, 3, 3, 1, 2, False),
+    (2, 2, 5, 7, 0, 3, 1, 1, False),
+    (2, 2, 1, 1, 2, 3, 1, 1, False),
+    (2, 2, 6, 3, 4, 5, 1, 1, True),
+    (2, 2, 33, 20, 5, 3, 1, 1, False),
+    (4, 4, 13, 11, 2, 7, 2, 1, True),
+    (3, 5, 9, 12, 2, 3, 1, 1, True),
+    (2, 2, 10, 9, 1, 3, 3, 1, False),
+]
+
+
+@pytest.mark.parametrize('c_in,c_out,h,w,levels,k,stride,dilation,cl', CASES)
+def test_fused_matches_pytorch_path(c_in, c_out, h, w, levels, k, stride, dilation, cl):
+    layer, fused = _pair(c_in, c_out, k, levels, stride, dilation)
+    assert fused.uses_fused_kernels(torch.empty(1, c_in, 2, 2, device=DEVICE))
+    x = torch.randn(2, c_in, h, w, device=DEVICE)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(1)
+    grad = torch.randn_like(layer(x))
+    out_ref, grads_ref = _run(layer, x, grad)
+    out, grads = _run(fused, x, grad)
+    assert out.shape == (2, c_out, -(-h // stride), -(-w // stride))
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4 * max(1.0, float(b.abs().max())))
+
+
+def test_fused_matches_published_layer():
+    """Independent oracle: the published WTConv2d computation (stride-2 grouped convs)."""
+    from convzoo_mm.analysis.references import PublishedWTConv2d
+    _, fused = _pair(4, 4, 5, 3)
+    ref = PublishedWTConv2d(4, 5, 1, True, 3).to(DEVICE)
+    ref.load_state_dict(fused.state_dict(), strict=False)
+    x = torch.randn(2, 4, 19, 14, device=DEVICE)
+    torch.testing.assert_close(fused(x), ref(x), rtol=1e-5, atol=1e-4)
+
+
+def test_no_grad_forward_matches_and_input_gradient_is_optional():
+    layer, fused = _pair(3, 3, 5, 2)
+    x = torch.randn(1, 3, 12, 15, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), layer(x), rtol=1e-5, atol=1e-5)
+    fused(x).square().sum().backward()      # x needs no gradient: only the weights get one
+    layer(x).square().sum().backward()
+    for a, b in zip(fused.parameters(), layer.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16] + ([torch.float16] if CUDA else []))
+def test_fused_under_autocast_close_to_fp32(dtype):
+    layer, fused = _pair(4, 4, 5, 2)
+    x = torch.randn(2, 4, 15, 18, device=DEVICE)
+    ref = layer(x)
+    with torch.autocast(DEVICE, dtype=dtype):
+        out = fused(x)
+    assert out.dtype == dtype
+    assert float((out.float() - ref).abs().max()) <= 3e-2 * float(ref.abs().max())
+    with torch.autocast(DEVICE, dtype=dtype):
+        fused(x.requires_grad_()).float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in fused.parameters())
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+def test_automatic_choice_and_bad_impl():
+    layer = WTConv(4, 4, 5, groups=4, wt_levels=2)
+    assert not layer.uses_fused_kernels(torch.empty(1, 4, 8, 8))       # CPU -> PyTorch path
+    if CUDA:
+        layer = layer.cuda()
+        assert layer.uses_fused_kernels(torch.empty(1, 4, 8, 8, device='cuda'))
+        assert not WTConv(4, 4, 4, groups=4).uses_fused_kernels(torch.empty(1, 4, 8, 8,
+                                                                         device='cuda'))
+        assert not WTConv(4, 4, 5, groups=4, wt_type='db2').uses_fused_kernels(
+            torch.empty(1, 4, 8, 8, device='cuda'))
+    with pytest.raises(ValueError, match="impl='fast'.*'auto', 'torch' or 'triton'"):
+        WTConv(4, 4, 5, impl='fast')
+    with pytest.raises(ValueError, match='odd kernel_size'):
+        WTConv(4, 4, 4, impl='triton')
+    with pytest.raises(ValueError, match="got 'db2'"):
+        WTConv(4, 4, 5, wt_type='db2', impl='triton')
