@@ -12,7 +12,8 @@
 #   5. mmcv         mmcv==2.1.0 compiled from source with its CPU ops (~16 min on 2 cores, then cached by pip)
 #   6. mm stack     mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pywavelets + test tools
 #                   (pytest, hypothesis, matplotlib, onnx==1.23.2 onnxruntime==1.32.0 for the
-#                   export tests; torch's TorchScript exporter needs no onnxscript)
+#                   export tests; torch's TorchScript exporter needs no onnxscript; triton==3.9.0,
+#                   whose CPU interpreter runs the WTConv GPU kernels in the tests)
 #   7. convzoo_mm   editable install of this repository
 #
 # Bring your own stack (e.g. CUDA builds of torch/mmcv): install them into the venv first
@@ -42,7 +43,7 @@ ok()   { (cd / && "$VENV/bin/python" -c "$1") >/dev/null 2>&1; }   # not from th
 
 # Fast path: one interpreter start checks everything the steps below would install.
 ALL_OK="import sys, os, setuptools, torch, mmengine, mmcv, mmdet, mmseg, mmseg.models, pywt, pytest
-import hypothesis, onnx, onnxruntime, ftfy, regex, convzoo_mm
+import hypothesis, onnx, onnxruntime, triton, ftfy, regex, convzoo_mm
 from mmcv.ops import nms, roi_align
 sys.exit(int(setuptools.__version__.split('.')[0]) >= 70 or mmcv.__version__ != '2.1.0'
          or mmengine.__version__ != '0.10.7' or mmdet.__version__ != '3.3.0'
@@ -103,13 +104,13 @@ else
 fi
 
 # 6. mm stack and the libraries the package and tests use
-if ok "import mmdet, mmseg, mmseg.models, pywt, pytest, hypothesis, onnx, onnxruntime, ftfy, regex, sys; sys.exit(mmdet.__version__ != '3.3.0' or mmseg.__version__ != '1.2.2')"; then
+if ok "import mmdet, mmseg, mmseg.models, pywt, pytest, hypothesis, onnx, onnxruntime, triton, ftfy, regex, sys; sys.exit(mmdet.__version__ != '3.3.0' or mmseg.__version__ != '1.2.2')"; then
   say "6/7 mmdet/mmseg/pywavelets/pytest: ok"
 else
   say "6/7 mmdet/mmseg/pywavelets/pytest: installing"
   pipi mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex PyWavelets pytest hypothesis matplotlib \
-    onnx==1.23.2 onnxruntime==1.32.0 "$PIN" \
-    || fail "mm stack" "pip install mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex PyWavelets pytest onnx onnxruntime"
+    onnx==1.23.2 onnxruntime==1.32.0 triton==3.9.0 "$PIN" \
+    || fail "mm stack" "pip install mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex PyWavelets pytest onnx onnxruntime triton"
 fi
 
 # 7. this package (editable)
