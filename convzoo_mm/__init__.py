@@ -4,7 +4,7 @@
 the layers and backbones in mmengine's root ``MODELS`` registry.
 """
 from . import compat  # noqa: F401  (torch>=2.6 checkpoint loading for mmengine)
-from . import backbones, layers  # noqa: F401
+from . import backbones, hooks, layers  # noqa: F401
 from .backbones import *  # noqa: F401,F403
 from .layers import *  # noqa: F401,F403
 

@@ -18,6 +18,12 @@ rejects, so ``--resume`` fails. Importing convzoo_mm (configs do it through ``cu
 2. CPU distributed runs (``tools/dist_train.sh`` without CUDA): mmengine's pytorch launcher calls
    ``torch.cuda.set_device`` and its Runner gives DDP ``device_ids``; without CUDA we initialise
    gloo and build DDP without device ids. GPU runs are untouched.
+
+3. CPU mixed precision (``--amp`` or ``optim_wrapper.type='AmpOptimWrapper'`` without an
+   accelerator): mmengine 0.10.7's ``AmpOptimWrapper`` asserts a GPU/NPU/MLU/MUSA device, although
+   its ``autocast`` supports CPU (bfloat16 only). On CPU it is built with ``cast_dtype=bfloat16``
+   and a disabled loss scaler (bf16 has fp32's exponent range: no loss scaling needed);
+   ``loss_scale`` is ignored there, another ``dtype`` is an error. Accelerator runs are untouched.
 """
 import importlib
 
@@ -97,3 +103,33 @@ def allow_cpu_distributed() -> None:
 
 
 allow_cpu_distributed()
+
+
+def _amp_init_cpu_aware(original):
+    """``AmpOptimWrapper.__init__`` that also builds on CPU (bfloat16 autocast, no loss scaling)."""
+
+    def init(self, loss_scale='dynamic', dtype=None, use_fsdp=False, **kwargs):
+        from mmengine.device import get_device
+        from mmengine.optim import OptimWrapper
+        if get_device() != 'cpu':
+            return original(self, loss_scale=loss_scale, dtype=dtype, use_fsdp=use_fsdp, **kwargs)
+        if dtype not in (None, 'bfloat16', torch.bfloat16):
+            raise ValueError(f'AmpOptimWrapper on CPU: autocast supports dtype bfloat16 only, '
+                             f'got {dtype!r}')
+        OptimWrapper.__init__(self, **kwargs)
+        self._scale_update_param = None
+        self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)   # scale/step pass through
+        self.cast_dtype = torch.bfloat16
+
+    init._convzoo_patched = True
+    return init
+
+
+def allow_cpu_amp() -> None:
+    """Let ``AmpOptimWrapper`` (mmengine 0.10.7) train on CPU in bfloat16."""
+    from mmengine.optim import AmpOptimWrapper
+    if not getattr(AmpOptimWrapper.__init__, '_convzoo_patched', False):
+        AmpOptimWrapper.__init__ = _amp_init_cpu_aware(AmpOptimWrapper.__init__)
+
+
+allow_cpu_amp()
