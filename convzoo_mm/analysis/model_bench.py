@@ -19,7 +19,7 @@ import torch
 from .benchmark import machine_info, measure_times, summary_stats
 from .memory import peak_memory
 
-__all__ = ['compare_steps', 'model_steps', 'benchmark_configs', 'model_table']
+__all__ = ['compare_steps', 'backbone_steps', 'model_steps', 'benchmark_configs', 'model_table']
 
 
 def compare_steps(steps: Dict[str, Dict[str, Callable[[], Any]]], baseline: str,
@@ -56,6 +56,38 @@ def compare_steps(steps: Dict[str, Dict[str, Callable[[], Any]]], baseline: str,
     return rows
 
 
+def backbone_steps(backbone: torch.nn.Module, images: torch.Tensor,
+                   optim: Optional[torch.optim.Optimizer] = None,
+                   autocast: Optional[torch.dtype] = None) -> Dict[str, Callable[[], Any]]:
+    """``{'train': fn, 'infer': fn}`` timing only ``backbone`` on ``images``: train = forward,
+    backward of the sum of its outputs' means, optimizer step (SGD by default); infer = forward
+    under no_grad. ``autocast``: run the forwards under ``torch.autocast`` with that dtype."""
+    if optim is None:
+        optim = torch.optim.SGD(backbone.parameters(), lr=1e-6, momentum=0.9)
+
+    def amp():
+        return torch.autocast(images.device.type, autocast or torch.bfloat16,
+                              enabled=autocast is not None)
+
+    def train():
+        backbone.train()
+        optim.zero_grad(set_to_none=True)
+        with amp():
+            outs = backbone(images)
+        outs = outs if isinstance(outs, (tuple, list)) else [outs]
+        loss = sum(o.float().mean() for o in outs)
+        loss.backward()
+        optim.step()
+        return float(loss.detach())
+
+    def infer():
+        backbone.eval()
+        with torch.no_grad(), amp():
+            return backbone(images)
+
+    return dict(train=train, infer=infer)
+
+
 def model_steps(config: str, shape: Sequence[int], batch_size: int = 2, device: str = 'cpu',
                 cfg_options: Optional[Dict[str, Any]] = None, part: str = 'model'
                 ) -> Dict[str, Callable[[], Any]]:
@@ -80,24 +112,7 @@ def model_steps(config: str, shape: Sequence[int], batch_size: int = 2, device: 
     optim = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
 
     if part == 'backbone':
-        backbone, images = model.backbone, train_batch['inputs']
-
-        def train_backbone():
-            backbone.train()
-            optim.zero_grad(set_to_none=True)
-            outs = backbone(images)
-            outs = outs if isinstance(outs, (tuple, list)) else [outs]
-            loss = sum(o.float().mean() for o in outs)
-            loss.backward()
-            optim.step()
-            return float(loss.detach())
-
-        def infer_backbone():
-            backbone.eval()
-            with torch.no_grad():
-                return backbone(images)
-
-        return dict(train=train_backbone, infer=infer_backbone)
+        return backbone_steps(model.backbone, train_batch['inputs'], optim)
 
     def train():
         model.train()
