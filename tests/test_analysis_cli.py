@@ -8,7 +8,7 @@ from convzoo_mm.analysis.model_bench import compare_steps, model_table
 from tests.utils import run_tool
 
 TOOLS = ['get_flops.py', 'benchmark_layers.py', 'benchmark_model.py', 'erf.py',
-         'visualize_layers.py', 'summarize.py']
+         'visualize_layers.py', 'summarize.py', 'benchmark_wtconvnext.py']
 
 
 @pytest.mark.parametrize('tool', TOOLS)
@@ -62,3 +62,19 @@ def test_layer_benchmark_cli_tiny(tmp_path):
     assert '| WTConv | C8@16² L2 | published WTConv2d |' in proc.stdout
     assert sorted(os.listdir(tmp_path)) == ['benchmark_layers.json', 'benchmark_layers.md',
                                             'benchmark_layers.png']
+
+
+def test_wtconvnext_benchmark_cli_tiny(tmp_path):
+    """Both backbones measured in one run, the ratio to ConvNeXt reported; bad arch is an error."""
+    import json
+    proc = run_tool('analysis/benchmark_wtconvnext.py', '--shape', '1', '3', '64', '64',
+                    '--repeats', '1', '--warmup', '0', '--autocast', 'bf16', '--out-dir',
+                    str(tmp_path), env=dict(OMP_NUM_THREADS='1'))
+    assert '| ConvNeXt-tiny (baseline) | train |' in proc.stdout
+    assert '| WTConvNeXt-tiny | train |' in proc.stdout and 'autocast: bf16' in proc.stdout
+    rows = json.load(open(tmp_path / 'benchmark_wtconvnext.json'))['rows']
+    wt = {r['kind']: r for r in rows if r['model'] == 'WTConvNeXt-tiny'}
+    assert wt['train']['ratio'] == pytest.approx(wt['train']['median'] / next(
+        r['median'] for r in rows if r['model'] == 'ConvNeXt-tiny' and r['kind'] == 'train'))
+    with pytest.raises(AssertionError, match="arch"):
+        run_tool('analysis/benchmark_wtconvnext.py', '--arch', 'huge', '--out-dir', str(tmp_path))

@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Training and inference speed of the WTConvNeXt backbone against its ConvNeXt baseline.
+
+Both backbones (same arch, ``conv_type='wtconv'`` vs ``'plain'``, fresh init, no drop path) are
+built in one process and measured interleaved on the same random images: one train step is
+forward + backward of the sum of the output means + SGD step; inference is a no_grad forward.
+Needs no mmdet/mmseg. Prints a markdown table (ratios to ConvNeXt) and writes
+OUT_DIR/benchmark_wtconvnext.{md,json}.
+
+examples:
+  python tools/analysis/benchmark_wtconvnext.py --device cuda --shape 64 3 224 224
+  python tools/analysis/benchmark_wtconvnext.py --device cuda --shape 2 3 800 1216 --autocast bf16
+  python tools/analysis/benchmark_wtconvnext.py --shape 1 3 128 128 --repeats 2     # CPU smoke run
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split(
+        'examples:')[1].join(['examples:', '']), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--arch', default='tiny', help="WTConvNeXt arch (default 'tiny')")
+    parser.add_argument('--shape', type=int, nargs=4, default=[64, 3, 224, 224],
+                        metavar=('N', 'C', 'H', 'W'), help='input batch (default 64 3 224 224)')
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    parser.add_argument('--autocast', choices=['bf16', 'fp16'], help='forward under '
+                        'torch.autocast with this dtype (as mm AmpOptimWrapper training)')
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
+    parser.add_argument('--out-dir', default='work_dirs/benchmark_wtconvnext')
+    args = parser.parse_args(argv)
+
+    import torch
+    from convzoo_mm.analysis.benchmark import machine_info
+    from convzoo_mm.analysis.model_bench import backbone_steps, compare_steps, model_table
+    from convzoo_mm.backbones import WTConvNeXt
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error('--device cuda: CUDA is not available')
+    try:
+        WTConvNeXt(arch=args.arch)
+    except ValueError as e:
+        parser.error(str(e))
+    dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(args.autocast)
+    torch.manual_seed(0)
+    images = torch.randn(args.shape, device=args.device)
+    names = {'ConvNeXt': 'plain', 'WTConvNeXt': 'wtconv'}
+    steps = {f'{name}-{args.arch}': backbone_steps(
+        WTConvNeXt(arch=args.arch, conv_type=ct, in_channels=args.shape[1]).to(args.device),
+        images, autocast=dtype) for name, ct in names.items()}
+    baseline = f'ConvNeXt-{args.arch}'
+    rows = compare_steps(steps, baseline, args.repeats, args.warmup, args.device,
+                         measure_memory=not args.no_memory, log=lambda s: print(s, file=sys.stderr))
+    for r in rows:
+        r['images_per_s'] = args.shape[0] / r['median']
+    info = machine_info(args.device)
+    if dtype is not None:
+        info['autocast'] = args.autocast
+    md = model_table(rows, info, args.shape[2:], args.shape[0], args.repeats)
+    md += (f'\nautocast: {args.autocast or "none (fp32)"}; images/s: '
+           + ', '.join(f'{r["model"]} {r["kind"]} {r["images_per_s"]:.1f}' for r in rows) + '\n')
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, 'benchmark_wtconvnext.md'), 'w') as f:
+        f.write(md)
+    with open(os.path.join(args.out_dir, 'benchmark_wtconvnext.json'), 'w') as f:
+        json.dump(dict(info=info, rows=rows, shape=args.shape, arch=args.arch), f, indent=1)
+    print(md)
+
+
+if __name__ == '__main__':
+    main()
