@@ -7,8 +7,6 @@ the export example), so a graph that constant-folded its output, or baked in the
 fails the comparison with PyTorch (atol 1e-4 on outputs of scale ~1). The batch axis is exported
 as dynamic and run with another batch size, except for DRConv (its export path folds the batch
 into the groups of one conv, so its graphs have a static batch).
-
-Known gap (xfail below): WTConv with a non-Haar wavelet does not export with this exporter.
 """
 import io
 import itertools
@@ -128,13 +126,11 @@ def test_wtconv(levels, k, stride, kind):
     assert op_types(graph).count('Conv') == 1 + levels + (kind == 'pw')
 
 
-@pytest.mark.xfail(strict=True, reason='non-Haar wavelets: the transform weight is repeated by '
-                   'a traced channel count ("convolution for kernel of unknown shape"), and the '
-                   "synthesis' periodic fold (index_add_ with repeated indices) exports as an "
-                   'overwriting scatter (wrong values)')
-def test_wtconv_longer_wavelet():
+@pytest.mark.parametrize('wt_type,levels', [('db2', 2), ('sym4', 3)])
+def test_wtconv_longer_wavelet(wt_type, levels):
+    """Longer wavelets (periodic borders); sym4 at level 3 of 37x45 wraps more than once."""
     torch.manual_seed(0)
-    layer = _perturb(WTConv(4, 4, 3, groups=4, wt_levels=2, wt_type='db2'))
+    layer = _perturb(WTConv(4, 4, 3, groups=4, wt_levels=levels, wt_type=wt_type))
     export_and_run(layer, (torch.randn(2, 4, 37, 45),))
 
 

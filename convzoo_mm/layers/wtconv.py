@@ -78,8 +78,28 @@ def _periodic_index(size: int, before: int, after: int, device) -> torch.Tensor:
     return torch.arange(-before, size + after, device=device) % size
 
 
+def _per_channel(bank: torch.Tensor, c: int, dtype) -> torch.Tensor:
+    """(4C, 1, L, L) grouped-conv weight from a (4, L, L) bank (or that weight, given as is)."""
+    weight = bank if bank.dim() == 4 else bank.repeat(c, 1, 1).unsqueeze(1)
+    return weight.to(dtype)
+
+
+def _fold_periodic(x: torch.Tensor, dim: int, length: int, before: int) -> torch.Tensor:
+    """Sum the entries of ``x`` along ``dim`` by their periodic index ``(j - before) % length``
+    (the adjoint of a periodic extension by ``before`` entries in front): zero-pad so that the
+    blocks of ``length`` line up, then add the blocks. Plain pad/reshape/sum, so it exports."""
+    last = x.dim() - 1                   # positive dims: the ONNX exporter mishandles -1 here
+    x = x.transpose(dim, last)
+    front = (-before) % length
+    total = x.shape[last] + front
+    x = F.pad(x, (front, (-total) % length))
+    x = x.reshape(*x.shape[:last], -1, length).sum(last)
+    return x.transpose(dim, last)
+
+
 def wavelet_analysis(x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """One level of the 2-D DWT of every channel. x: (N, C, H, W), H and W even; bank: (4, L, L).
+    """One level of the 2-D DWT of every channel. x: (N, C, H, W), H and W even; bank: (4, L, L)
+    (or the (4C, 1, L, L) grouped-conv weight made of it).
 
     Returns (N, C, 4, H/2, W/2). Filters longer than 2 taps see a periodic extension of x.
     """
@@ -90,7 +110,7 @@ def wavelet_analysis(x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         after = size - 2 - before
         x = x.index_select(2, _periodic_index(h, before, after, x.device))
         x = x.index_select(3, _periodic_index(w, before, after, x.device))
-    weight = bank.to(x.dtype).repeat(c, 1, 1).unsqueeze(1)
+    weight = _per_channel(bank, c, x.dtype)
     return F.conv2d(x, weight, stride=2, groups=c).reshape(n, c, 4, h // 2, w // 2)
 
 
@@ -100,16 +120,12 @@ def wavelet_synthesis(y: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     back periodically (the adjoint of the periodic extension)."""
     n, c, _, h, w = y.shape
     size = bank.shape[-1]
-    weight = bank.to(y.dtype).repeat(c, 1, 1).unsqueeze(1)
+    weight = _per_channel(bank, c, y.dtype)
     x = F.conv_transpose2d(y.reshape(n, 4 * c, h, w), weight, stride=2, groups=c)
     if size > 2:
         before = size // 2 - 1
-        after = size - 2 - before
         for dim, length in ((2, 2 * h), (3, 2 * w)):
-            idx = _periodic_index(length, before, after, x.device)
-            shape = list(x.shape)
-            shape[dim] = length
-            x = x.new_zeros(shape).index_add_(dim, idx, x)
+            x = _fold_periodic(x, dim, length, before)
     return x
 
 
@@ -392,7 +408,7 @@ class WTConv(LayerStateDict, nn.Module):
         if self.is_haar:
             analysis, synthesis = haar_analysis, haar_synthesis
         else:
-            bank = self.wt_filter[:4, 0]
+            bank = self.wt_filter      # (4C, 1, L, L): no channel count taken from the input
             analysis = functools.partial(wavelet_analysis, bank=bank)
 
             def synthesis(bands, ll_extra=None):
