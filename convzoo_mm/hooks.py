@@ -9,15 +9,23 @@ With every rank's record, the loss of the whole global batch can be checked (e.g
 the ranks' losses when the loss is a per-sample mean over equal-size samples).
 
 Enable with ``custom_hooks = [dict(type='LossRecorderHook')]``.
+
+``RandomStateHook`` saves the random-number state (torch CPU and CUDA, numpy, Python ``random``)
+in every checkpoint and restores it on ``--resume``, so that what the model draws after a resume
+(dropout masks, drop path) is what an uninterrupted run draws; mmengine 0.10.7 checkpoints no RNG
+state and a resumed process restarts from the seed. The state is stored as plain tensors and
+numbers, so checkpoints still load with ``weights_only=True``. Enable with
+``custom_hooks = [dict(type='RandomStateHook')]`` (the demo configs do).
 """
 import json
 import os
+import random
 
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-__all__ = ['LossRecorderHook']
+__all__ = ['LossRecorderHook', 'RandomStateHook', 'get_random_state', 'set_random_state']
 
 
 class LossRecorderHook(Hook):
@@ -34,5 +42,50 @@ class LossRecorderHook(Hook):
             f.write(json.dumps(record) + '\n')
 
 
+def get_random_state() -> dict:
+    """The process's random-number state as tensors and numbers (weights-only loadable)."""
+    import numpy as np
+    import torch
+    key, np_state, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state = dict(torch=torch.get_rng_state(),
+                 numpy=dict(key=key, state=torch.from_numpy(np_state.astype(np.int64)), pos=pos,
+                            has_gauss=has_gauss, gauss=gauss),
+                 python=dict(version=version, state=torch.tensor(py_state, dtype=torch.int64),
+                             gauss=py_gauss))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict) -> None:
+    """Restore what :func:`get_random_state` returned."""
+    import numpy as np
+    import torch
+    torch.set_rng_state(state['torch'])
+    npst = state['numpy']
+    np.random.set_state((npst['key'], npst['state'].numpy().astype(np.uint32), npst['pos'],
+                         npst['has_gauss'], npst['gauss']))
+    py = state['python']
+    random.setstate((py['version'], tuple(py['state'].tolist()), py['gauss']))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+class RandomStateHook(Hook):
+    """Checkpoint the random-number state (``checkpoint['random_state']``) and restore it when a
+    run resumes, after mmengine has re-seeded the process."""
+
+    priority = 'VERY_LOW'
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint['random_state'] = get_random_state()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if runner._resume and 'random_state' in checkpoint:    # not for load_from (fine-tuning)
+            set_random_state(checkpoint['random_state'])
+
+
 # idempotent (the module may be executed again through another import path)
 HOOKS.register_module(name='LossRecorderHook', module=LossRecorderHook, force=True)
+HOOKS.register_module(name='RandomStateHook', module=RandomStateHook, force=True)

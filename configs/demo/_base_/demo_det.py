@@ -66,5 +66,7 @@ auto_scale_lr = dict(enable=False, base_batch_size=8)
 default_hooks = dict(logger=dict(interval=10),
                      checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
 
-# fixed training seed: the demo's numbers are reproducible run to run
+# fixed training seed: the demo's numbers are reproducible run to run; checkpoints carry the
+# random-number state (convzoo_mm.hooks.RandomStateHook), so --resume continues the same draws
 randomness = dict(seed=0)
+custom_hooks = [dict(type='RandomStateHook')]

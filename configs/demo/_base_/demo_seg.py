@@ -66,5 +66,7 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 
-# fixed training seed: the demo's numbers are reproducible run to run
+# fixed training seed: the demo's numbers are reproducible run to run; checkpoints carry the
+# random-number state (convzoo_mm.hooks.RandomStateHook), so --resume continues the same draws
 randomness = dict(seed=0)
+custom_hooks = [dict(type='RandomStateHook')]
