@@ -294,6 +294,23 @@ def test_bf16_amp_trains_close_to_fp32(demo_data, tmp_path, rel):
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in params)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='float16 AMP needs a GPU')
+def test_fp16_amp_on_gpu_trains_close_to_fp32(demo_data, tmp_path):
+    """With a GPU (never in CI): ``AmpOptimWrapper`` in float16 with its dynamic loss scaler
+    trains the WTConv seg demo config: finite losses within 2e-2 of the fp32 run's first one."""
+    rel = SEG['wtconv']
+    cfg = short_config(tmp_path / 'cfg.py', rel, 2, randomness=dict(seed=0),
+                       checkpoint=dict(interval=2))
+    amp, fp32 = str(tmp_path / 'amp'), str(tmp_path / 'fp32')
+    run_tool('train.py', cfg, '--work-dir', amp, '--cfg-options',
+             'optim_wrapper.type=AmpOptimWrapper', 'optim_wrapper.dtype=float16',
+             'optim_wrapper.loss_scale=dynamic', env=ENV)
+    run_tool('train.py', cfg, '--work-dir', fp32, env=ENV)
+    low, ref = rank_records(amp), rank_records(fp32)
+    assert all(math.isfinite(rec[k]) for rec in low.values() for k in loss_keys(rec))
+    assert abs(low[1]['loss'] - ref[1]['loss']) <= 2e-2 * abs(ref[1]['loss'])
+
+
 def test_amp_optim_wrapper_on_cpu():
     """The CPU shim of ``AmpOptimWrapper`` (``convzoo_mm.compat``): bfloat16 autocast in
     ``optim_context``, plain fp32 steps, a loadable state dict; float16 is refused (CPU autocast
