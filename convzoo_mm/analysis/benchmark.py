@@ -62,6 +62,15 @@ class BenchCase:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+def apply_cli_device(parser, args) -> None:
+    """The benchmark CLIs' ``--threads`` (torch CPU threads) and ``--device`` (a CUDA device on a
+    machine without CUDA is a usage error)."""
+    if getattr(args, 'threads', None):
+        torch.set_num_threads(args.threads)
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available')
+
+
 def summary_stats(values: Sequence[float]) -> Dict[str, float]:
     """Median and 25th/75th percentiles (inclusive method) of ``values``."""
     values = sorted(values)

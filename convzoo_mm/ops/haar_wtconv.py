@@ -51,19 +51,22 @@ def _blocks(h: int, w: int):
 
 if AVAILABLE:
     @triton.jit
-    def _analysis_conv_kernel(x_ptr, w_ptr, f_ptr, b_ptr, C, H, W, h, w,
-                              sxn, sxc, sxh, sxw,
-                              K: tl.constexpr, DIL: tl.constexpr, PAD: tl.constexpr,
-                              NB: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+    def _tile(C, h, w, BH: tl.constexpr, BW: tl.constexpr):
+        """This program's (n, c) plane and its BH x BW tile of half-resolution positions."""
         plane = tl.program_id(0)
         tile = tl.program_id(1)
-        n = plane // C
-        c = plane % C
         tiles_w = tl.cdiv(w, BW)
         offs = tl.arange(0, BH * BW)
         u = (tile // tiles_w) * BH + offs // BW
         v = (tile % tiles_w) * BW + offs % BW
-        valid = (u < h) & (v < w)
+        return plane, plane // C, plane % C, u, v, (u < h) & (v < w)
+
+    @triton.jit
+    def _analysis_conv_kernel(x_ptr, w_ptr, f_ptr, b_ptr, C, H, W, h, w,
+                              sxn, sxc, sxh, sxw,
+                              K: tl.constexpr, DIL: tl.constexpr, PAD: tl.constexpr,
+                              NB: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        plane, n, c, u, v, valid = _tile(C, h, w, BH, BW)
         xb = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
         wb = w_ptr + c * (4 * K * K)
         a0 = tl.zeros([BH * BW], dtype=tl.float32)
@@ -126,15 +129,7 @@ if AVAILABLE:
                           san, sac, sah, saw, son, soc, soh, sow,
                           HAS_E: tl.constexpr, HAS_A: tl.constexpr,
                           BH: tl.constexpr, BW: tl.constexpr):
-        plane = tl.program_id(0)
-        tile = tl.program_id(1)
-        n = plane // C
-        c = plane % C
-        tiles_w = tl.cdiv(w, BW)
-        offs = tl.arange(0, BH * BW)
-        u = (tile // tiles_w) * BH + offs // BW
-        v = (tile % tiles_w) * BW + offs % BW
-        valid = (u < h) & (v < w)
+        plane, n, c, u, v, valid = _tile(C, h, w, BH, BW)
         hw = h * w
         pos = u * w + v
         fb = f_ptr + plane.to(tl.int64) * (4 * hw) + pos

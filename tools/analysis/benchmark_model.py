@@ -34,12 +34,9 @@ def main(argv=None):
     parser.add_argument('--out-dir', default='work_dirs/benchmark_model')
     args = parser.parse_args(argv)
 
-    import torch
+    from convzoo_mm.analysis.benchmark import apply_cli_device
     from convzoo_mm.analysis.model_bench import benchmark_configs
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        parser.error('--device cuda: CUDA is not available')
+    apply_cli_device(parser, args)
     try:
         res = benchmark_configs(args.config, args.baseline, args.shape, args.batch_size,
                                 args.repeats, args.warmup, args.device, not args.no_memory,

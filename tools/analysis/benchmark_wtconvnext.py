@@ -37,14 +37,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
-    from convzoo_mm.analysis.benchmark import machine_info
+    from convzoo_mm.analysis.benchmark import apply_cli_device, machine_info
     from convzoo_mm.analysis.model_bench import backbone_steps, compare_steps, model_table
     from convzoo_mm.backbones import WTConvNeXt
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        parser.error('--device cuda: CUDA is not available')
+    apply_cli_device(parser, args)
     try:
         WTConvNeXt(arch=args.arch)
     except ValueError as e:
