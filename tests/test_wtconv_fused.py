@@ -25,11 +25,11 @@ def _exact_cudnn():
     torch.backends.cudnn.allow_tf32 = old
 
 
-def _pair(c_in, c_out, k, levels, stride=1, dilation=1, seed=0):
+def _pair(c_in, c_out, k, levels, stride=1, dilation=1, seed=0, groups=None):
     """(PyTorch-path layer, Triton-path copy) with random (not initial) weights."""
     torch.manual_seed(seed)
     layer = WTConv(c_in, c_out, k, stride, dilation=dilation, wt_levels=levels,
-                   groups=c_in if c_in == c_out else 1, impl='torch')
+                   groups=groups or (c_in if c_in == c_out else 1), impl='torch')
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_()
@@ -46,7 +46,7 @@ def _run(layer, x, grad):
     return out.detach(), [x.grad] + [p.grad for p in layer.parameters()]
 
 
-CASES = [  # c_in, c_out, H, W, levels, k, stride, dilation, channels_last
+CASES = [  # c_in, c_out, H, W, levels, k, stride, dilation, channels_last (, groups)
     (3, 3, 13, 11, 2, 5, 1, 1, False),
     (3, 3, 16, 16, 1, 3, 1, 1, True),
     (2, 2, 17, 9, 3, 3, 1, 2, False),
@@ -57,12 +57,14 @@ CASES = [  # c_in, c_out, H, W, levels, k, stride, dilation, channels_last
     (4, 4, 13, 11, 2, 7, 2, 1, True),
     (3, 5, 9, 12, 2, 3, 1, 1, True),
     (2, 2, 10, 9, 1, 3, 3, 1, False),
+    (4, 6, 11, 13, 2, 3, 2, 1, True, 2),
 ]
 
 
-@pytest.mark.parametrize('c_in,c_out,h,w,levels,k,stride,dilation,cl', CASES)
-def test_fused_matches_pytorch_path(c_in, c_out, h, w, levels, k, stride, dilation, cl):
-    layer, fused = _pair(c_in, c_out, k, levels, stride, dilation)
+@pytest.mark.parametrize('c_in,c_out,h,w,levels,k,stride,dilation,cl,groups',
+                         [c if len(c) == 10 else (*c, None) for c in CASES])
+def test_fused_matches_pytorch_path(c_in, c_out, h, w, levels, k, stride, dilation, cl, groups):
+    layer, fused = _pair(c_in, c_out, k, levels, stride, dilation, groups=groups)
     assert fused.uses_fused_kernels(torch.empty(1, c_in, 2, 2, device=DEVICE))
     x = torch.randn(2, c_in, h, w, device=DEVICE)
     if cl:
