@@ -62,6 +62,14 @@ class BenchCase:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}   # the CLIs' --autocast
+
+
+def autocast(device_type: str, dtype: Optional[torch.dtype]):
+    """``torch.autocast(device_type, dtype)``, or a context that does nothing for ``None``."""
+    return torch.autocast(device_type, dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def apply_cli_device(parser, args) -> None:
     """The benchmark CLIs' ``--threads`` (torch CPU threads) and ``--device`` (a CUDA device on a
     machine without CUDA is a usage error)."""
@@ -129,8 +137,7 @@ class _Runner:
     def __init__(self, module: Any, x: Any, memory_format: str, device: torch.device,
                  seed: int = 0, autocast: Optional[torch.dtype] = None) -> None:
         fmt = FORMATS[memory_format]
-        self.autocast = lambda: torch.autocast(device.type, autocast or torch.bfloat16,
-                                               enabled=autocast is not None)
+        self.amp_dtype, self.device_type = autocast, device.type
         if isinstance(module, nn.Module):  # own copy: .to() changes a module in place
             module = copy.deepcopy(module)
             module = module.to(device=device, memory_format=fmt) if fmt is torch.channels_last \
@@ -140,12 +147,15 @@ class _Runner:
         self.x = _map_tensors(x, lambda t: t.to(device).contiguous(memory_format=fmt)
                               if t.dim() == 4 else t.to(device))
         self.x_grad = _map_tensors(self.x, lambda t: t.detach().requires_grad_(t.is_floating_point()))
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.amp():
             out = self.module(self.x)
         gen = torch.Generator().manual_seed(seed)
         self.grads = _map_tensors(out, lambda t: torch.randn(t.shape, generator=gen).to(
             device=device, dtype=t.dtype).contiguous(
                 memory_format=fmt if t.dim() == 4 else torch.contiguous_format))
+
+    def amp(self):
+        return autocast(self.device_type, self.amp_dtype)
 
     def reset(self) -> None:
         for p in self.params:
@@ -154,11 +164,11 @@ class _Runner:
             t.grad = None
 
     def fwd(self) -> Any:
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.amp():
             return self.module(self.x)
 
     def fwd_bwd(self) -> None:
-        with self.autocast():
+        with self.amp():
             out = self.module(self.x_grad)
         outs, grads = _tensors(out), _tensors(self.grads)
         pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .benchmark import autocast as amp_context
 from .benchmark import machine_info, measure_times, summary_stats
 from .memory import peak_memory
 
@@ -65,14 +66,10 @@ def backbone_steps(backbone: torch.nn.Module, images: torch.Tensor,
     if optim is None:
         optim = torch.optim.SGD(backbone.parameters(), lr=1e-6, momentum=0.9)
 
-    def amp():
-        return torch.autocast(images.device.type, autocast or torch.bfloat16,
-                              enabled=autocast is not None)
-
     def train():
         backbone.train()
         optim.zero_grad(set_to_none=True)
-        with amp():
+        with amp_context(images.device.type, autocast):
             outs = backbone(images)
         outs = outs if isinstance(outs, (tuple, list)) else [outs]
         loss = sum(o.float().mean() for o in outs)
@@ -82,7 +79,7 @@ def backbone_steps(backbone: torch.nn.Module, images: torch.Tensor,
 
     def infer():
         backbone.eval()
-        with torch.no_grad(), amp():
+        with torch.no_grad(), amp_context(images.device.type, autocast):
             return backbone(images)
 
     return dict(train=train, infer=infer)

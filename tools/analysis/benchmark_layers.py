@@ -44,11 +44,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
-    from convzoo_mm.analysis.benchmark import run_benchmark
+    from convzoo_mm.analysis.benchmark import AUTOCAST_DTYPES, apply_cli_device, run_benchmark
     from convzoo_mm.analysis.layer_suites import build_cases
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_cli_device(parser, args)
     try:
         cases = build_cases(args.layers, args.preset, args.shapes)
     except ValueError as e:
@@ -56,11 +55,9 @@ def main(argv=None):
     devices = ['cpu', 'cuda'] if args.device == 'all' else [args.device]
     if args.device == 'all' and not torch.cuda.is_available():
         devices = ['cpu']
+    dtype = AUTOCAST_DTYPES.get(args.autocast)
     for dev in devices:
-        if dev.startswith('cuda') and not torch.cuda.is_available():
-            parser.error('--device cuda: CUDA is not available')
         out_dir = args.out_dir if len(devices) == 1 else os.path.join(args.out_dir, dev)
-        dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(args.autocast)
         res = run_benchmark(cases, out_dir, args.repeats, args.warmup, args.formats, dev,
                             measure_memory=not args.no_memory, autocast=dtype,
                             atol=3e-2 if dtype else 1e-5)

@@ -37,7 +37,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
-    from convzoo_mm.analysis.benchmark import apply_cli_device, machine_info
+    from convzoo_mm.analysis.benchmark import AUTOCAST_DTYPES, apply_cli_device, machine_info
     from convzoo_mm.analysis.model_bench import backbone_steps, compare_steps, model_table
     from convzoo_mm.backbones import WTConvNeXt
 
@@ -46,7 +46,7 @@ def main(argv=None):
         WTConvNeXt(arch=args.arch)
     except ValueError as e:
         parser.error(str(e))
-    dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(args.autocast)
+    dtype = AUTOCAST_DTYPES.get(args.autocast)
     torch.manual_seed(0)
     images = torch.randn(args.shape, device=args.device)
     names = {'ConvNeXt': 'plain', 'WTConvNeXt': 'wtconv'}
