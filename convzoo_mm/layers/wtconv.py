@@ -33,7 +33,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import haar_wtconv as fused_ops
 from ..registry import register
 from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
                      known_options, same_padding)
@@ -201,6 +200,13 @@ def haar_synthesis_even_pixels(y: torch.Tensor, ll_extra: Optional[torch.Tensor]
     return out * 0.5
 
 
+def _fused_ops():
+    """The optional Triton kernels (:mod:`convzoo_mm.ops.haar_wtconv`), imported on first use:
+    CPU runs never need Triton, so importing convzoo_mm does not import it."""
+    from ..ops import haar_wtconv
+    return haar_wtconv
+
+
 def _pad_even(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     if h % 2 or w % 2:
@@ -297,9 +303,9 @@ class WTConv(LayerStateDict, nn.Module):
         self.is_haar = bank.shape[-1] == 2
         if impl not in ('auto', 'torch', 'triton'):
             raise ValueError(f"impl={impl!r}: use 'auto', 'torch' or 'triton'")
-        if impl == 'triton' and not (fused_ops.AVAILABLE and self.is_haar and k % 2):
+        if impl == 'triton' and not (_fused_ops().AVAILABLE and self.is_haar and k % 2):
             raise ValueError(f"impl='triton' needs Triton installed (installed: "
-                             f"{fused_ops.AVAILABLE}), wt_type='db1' (got {wt_type!r}) and an odd "
+                             f"{_fused_ops().AVAILABLE}), wt_type='db1' (got {wt_type!r}) and an odd "
                              f"kernel_size (got {k}); use impl='auto' to fall back to PyTorch")
         self.impl = impl
 
@@ -387,10 +393,10 @@ class WTConv(LayerStateDict, nn.Module):
         """Whether :meth:`forward` runs the Triton kernels for this input (see ``impl``)."""
         if self.impl == 'triton':
             return True
-        return (self.impl == 'auto' and x.is_cuda and fused_ops.AVAILABLE and self.is_haar
+        return (self.impl == 'auto' and x.is_cuda and self.is_haar
                 and self.kernel_size[0] % 2 == 1 and x.numel() > 0
                 and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
-                and not torch.compiler.is_compiling())
+                and not torch.compiler.is_compiling() and _fused_ops().AVAILABLE)
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise WTConv at stride 1 through :func:`convzoo_mm.ops.haar_wtconv.haar_wtconv`."""
@@ -400,7 +406,7 @@ class WTConv(LayerStateDict, nn.Module):
         weight, bias = self._base_weights()
         levels = [self._level_weight(i).reshape(c, 4, k, k) for i in range(self.wt_levels)]
         stacked = torch.stack(levels) if levels else weight.new_zeros((0, c, 4, k, k))
-        return fused_ops.haar_wtconv(x, weight, bias, stacked, self.dilation[0])
+        return _fused_ops().haar_wtconv(x, weight, bias, stacked, self.dilation[0])
 
     def _wavelet_path(self, x: torch.Tensor, stride: int) -> torch.Tensor:
         """Sum of all levels' reconstructions at the input size (only at the even pixels when
