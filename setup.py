@@ -1,4 +1,24 @@
+import os
+
 from setuptools import find_packages, setup
+
+
+def extensions():
+    """convzoo_mm._C: the CPU depthwise weight-gradient kernel (convzoo_mm/ops/depthwise.py).
+    Needs torch importable at build time (pip install --no-build-isolation -e .); without torch
+    (or with CONVZOO_NO_EXT=1) the package installs without it and uses the PyTorch path."""
+    if os.environ.get('CONVZOO_NO_EXT'):
+        return dict()
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return dict()
+    ext = CppExtension('convzoo_mm._C', ['convzoo_mm/ops/csrc/cpu_kernels.cpp'],
+                       depends=['convzoo_mm/ops/csrc/depthwise_kernel.h'],
+                       extra_compile_args=['-O3', '-fopenmp'], extra_link_args=['-fopenmp'])
+    return dict(ext_modules=[ext], cmdclass={'build_ext': BuildExtension.with_options(
+        use_ninja=False)})
+
 
 setup(
     name='convzoo_mm',
@@ -11,4 +31,5 @@ setup(
         'mmdet>=3.0.0,<3.4', 'mmsegmentation>=1.0.0,<1.3', 'PyWavelets', 'ftfy', 'regex',
     ],
     extras_require={'tests': ['pytest', 'hypothesis', 'matplotlib', 'onnx', 'onnxruntime', 'triton']},
+    **extensions(),
 )

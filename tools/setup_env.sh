@@ -14,7 +14,7 @@
 #                   (pytest, hypothesis, matplotlib, onnx==1.23.2 onnxruntime==1.32.0 for the
 #                   export tests; torch's TorchScript exporter needs no onnxscript; triton==3.9.0,
 #                   whose CPU interpreter runs the WTConv GPU kernels in the tests)
-#   7. convzoo_mm   editable install of this repository
+#   7. convzoo_mm   editable install of this repository, compiling its C++ CPU kernels
 #
 # Bring your own stack (e.g. CUDA builds of torch/mmcv): install them into the venv first
 # (or point VENV at an existing environment); the matching steps see them and are skipped.
@@ -41,15 +41,20 @@ pipi() {
 PIN='setuptools<70'
 ok()   { (cd / && "$VENV/bin/python" -c "$1") >/dev/null 2>&1; }   # not from the repo dir
 
+# The package is installed editable from here, with its C++ kernels (convzoo_mm._C) built no
+# older than their sources.
+PKG_OK="import convzoo_mm, convzoo_mm._C, glob, os, sys
+src = max(os.path.getmtime(f) for f in glob.glob('$PWD/convzoo_mm/ops/csrc/*'))
+sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(convzoo_mm.__file__))) != '$PWD'
+         or src > os.path.getmtime(convzoo_mm._C.__file__))"
 # Fast path: one interpreter start checks everything the steps below would install.
 ALL_OK="import sys, os, setuptools, torch, mmengine, mmcv, mmdet, mmseg, mmseg.models, pywt, pytest
 import hypothesis, onnx, onnxruntime, triton, ftfy, regex, convzoo_mm
 from mmcv.ops import nms, roi_align
 sys.exit(int(setuptools.__version__.split('.')[0]) >= 70 or mmcv.__version__ != '2.1.0'
          or mmengine.__version__ != '0.10.7' or mmdet.__version__ != '3.3.0'
-         or mmseg.__version__ != '1.2.2'
-         or os.path.dirname(os.path.dirname(os.path.abspath(convzoo_mm.__file__))) != '$PWD')"
-if [ -x "$VENV/bin/python" ] && ok "$ALL_OK"; then
+         or mmseg.__version__ != '1.2.2')"
+if [ -x "$VENV/bin/python" ] && ok "$ALL_OK" && ok "$PKG_OK"; then
   say "environment ready: $VENV (all 7 steps already done)"
   exit 0
 fi
@@ -113,11 +118,11 @@ else
     || fail "mm stack" "pip install mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex PyWavelets pytest onnx onnxruntime triton"
 fi
 
-# 7. this package (editable)
-if ok "import convzoo_mm, os, sys; sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(convzoo_mm.__file__))) != '$PWD')"; then
-  say "7/7 convzoo_mm: editable install ok"
+# 7. this package (editable) and its C++ kernels
+if ok "$PKG_OK"; then
+  say "7/7 convzoo_mm: editable install and C++ kernels ok"
 else
-  say "7/7 convzoo_mm: pip install -e ."
+  say "7/7 convzoo_mm: pip install -e . (compiles the C++ CPU kernels, about a minute)"
   pipi --no-build-isolation --no-deps -e . || fail convzoo_mm "pip install --no-deps -e . in $VENV"
 fi
 say "environment ready: $VENV ($(vpy -c 'import torch,mmcv,mmdet,mmseg;print("torch",torch.__version__,"mmcv",mmcv.__version__,"mmdet",mmdet.__version__,"mmseg",mmseg.__version__)' 2>/dev/null))"

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import cpu_kernels
+from ..ops.cpu_kernels import depthwise_conv2d
 from ..registry import register
 from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
                      known_options, same_padding)
@@ -129,6 +131,9 @@ def wavelet_synthesis(y: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
 
 
 def _haar_analysis(x: torch.Tensor) -> torch.Tensor:
+    if cpu_kernels.applies(x):
+        return cpu_kernels.haar_analysis_cl(x).permute(0, 3, 4, 1, 2)
+    x = _pad_even(x)
     n, c, h, w = x.shape
     px = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c)
     p00, p01, p10, p11 = px[:, :, 0, :, 0], px[:, :, 0, :, 1], px[:, :, 1, :, 0], px[:, :, 1, :, 1]
@@ -137,7 +142,11 @@ def _haar_analysis(x: torch.Tensor) -> torch.Tensor:
     return bands.permute(0, 3, 4, 1, 2)
 
 
-def _haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor], size,
+                    add: Optional[torch.Tensor] = None) -> torch.Tensor:
+    if cpu_kernels.applies(y, ll_extra, add):
+        return cpu_kernels.haar_synthesis_cl(y.permute(0, 3, 4, 1, 2), ll_extra, size,
+                                             add).permute(0, 3, 1, 2)
     n, c, _, h, w = y.shape
     ll, lh, hl, hh = y.permute(0, 3, 4, 1, 2).unbind(-1)          # each (N, h, w, C)
     if ll_extra is not None:
@@ -145,51 +154,61 @@ def _haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None) ->
     p, q, r, t = ll + lh, ll - lh, hl + hh, hl - hh
     rows = (torch.stack([p + r, p - r], dim=3), torch.stack([q + t, q - t], dim=3))
     out = torch.stack(rows, dim=2).mul_(0.5)                       # (N, h, 2, w, 2, C)
-    return out.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    out = out.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)[..., :size[0], :size[1]]
+    return out if add is None else add + out
 
 
 class _HaarAnalysis(torch.autograd.Function):
     """The Haar transform is orthogonal, so its backward is the synthesis of the gradient: as
     cheap as the forward (autograd through the strided slices would zero-fill four input-sized
-    buffers instead)."""
+    buffers instead). The zero padding of odd sizes and the crop are adjoint too."""
 
     @staticmethod
     def forward(ctx, x):
+        ctx.size = x.shape[-2:]
         return _haar_analysis(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return _haar_synthesis(grad)
+        return _haar_synthesis(grad, None, ctx.size)
 
 
 class _HaarSynthesis(torch.autograd.Function):
-    """Backward = analysis of the gradient; the LL band of it is the gradient of ``ll_extra``."""
+    """Backward = analysis of the gradient; the LL band of it is the gradient of ``ll_extra``
+    and the gradient itself that of ``add``."""
 
     @staticmethod
-    def forward(ctx, y, ll_extra):
-        ctx.has_extra = ll_extra is not None
-        return _haar_synthesis(y, ll_extra)
+    def forward(ctx, y, ll_extra, size, add):
+        ctx.has_extra, ctx.has_add = ll_extra is not None, add is not None
+        return _haar_synthesis(y, ll_extra, size, add)
 
     @staticmethod
     def backward(ctx, grad):
         bands = _haar_analysis(grad)
-        return bands, (bands[:, :, 0] if ctx.has_extra else None)
+        return (bands, bands[:, :, 0] if ctx.has_extra else None, None,
+                grad if ctx.has_add else None)
 
 
 def haar_analysis(x: torch.Tensor) -> torch.Tensor:
     """Haar DWT (same result as :func:`wavelet_analysis` with the db1 bank).
 
-    x: (N, C, H, W), H and W even -> (N, C, 4, H/2, W/2), returned as a view whose memory is
-    (N, H/2, W/2, C, 4): ``reshape(N, 4C, H/2, W/2)`` of it is a channels_last tensor with the
-    published channel order c*4 + band, ready for the depthwise level conv without a copy.
+    x: (N, C, H, W) -> (N, C, 4, h, w), h = ceil(H/2), w = ceil(W/2) (an odd size is zero-padded
+    by one row/column at the bottom/right), returned as a view whose memory is (N, h, w, C, 4):
+    ``reshape(N, 4C, h, w)`` of it is a channels_last tensor with the published channel order
+    c*4 + band, ready for the depthwise level conv without a copy.
     """
     return _HaarAnalysis.apply(x)
 
 
-def haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+def haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None,
+                   size: Optional[Tuple[int, int]] = None,
+                   add: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Inverse Haar DWT of ``y`` with ``ll_extra`` (N, C, h, w) added to its LL band first.
-    y: (N, C, 4, h, w) -> (N, C, 2h, 2w), channels_last."""
-    return _HaarSynthesis.apply(y, ll_extra)
+    y: (N, C, 4, h, w) -> (N, C, 2h, 2w), channels_last, cropped to ``size`` = (H, W) if given
+    (the inverse of :func:`haar_analysis` of an odd-sized input), plus ``add`` (N, C, H, W)."""
+    h, w = y.shape[-2:]
+    size = tuple(size) if size is not None else (2 * h, 2 * w)
+    return _HaarSynthesis.apply(y, ll_extra, size, add)
 
 
 def haar_synthesis_even_pixels(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None):
@@ -217,6 +236,8 @@ def _pad_even(x: torch.Tensor) -> torch.Tensor:
 def _depthwise(x, weight, bias, dilation, kernel_size, stride=1):
     """Depthwise conv with PyTorch 'same' padding (asymmetric for even kernels)."""
     before, after = same_padding(kernel_size, dilation)
+    if before == after and stride == 1:
+        return depthwise_conv2d(x, weight, bias, before, dilation)
     if before == after:
         return F.conv2d(x, weight, bias, stride, before, dilation, x.shape[1])
     out = F.conv2d(x, weight, bias, 1, 'same', dilation, x.shape[1])
@@ -408,34 +429,34 @@ class WTConv(LayerStateDict, nn.Module):
         stacked = torch.stack(levels) if levels else weight.new_zeros((0, c, 4, k, k))
         return _fused_ops().haar_wtconv(x, weight, bias, stacked, self.dilation[0])
 
-    def _wavelet_path(self, x: torch.Tensor, stride: int) -> torch.Tensor:
-        """Sum of all levels' reconstructions at the input size (only at the even pixels when
-        the Haar stride-2 shortcut applies)."""
+    def _wavelet_path(self, x: torch.Tensor, stride: int, base: torch.Tensor) -> torch.Tensor:
+        """``base`` (the base conv's output) plus all levels' reconstructions, at the output size
+        (only the even pixels are formed when the Haar stride-2 shortcut applies)."""
         if self.is_haar:
             analysis, synthesis = haar_analysis, haar_synthesis
         else:
             bank = self.wt_filter      # (4C, 1, L, L): no channel count taken from the input
             analysis = functools.partial(wavelet_analysis, bank=bank)
 
-            def synthesis(bands, ll_extra=None):
+            def synthesis(bands, ll_extra, size, add=None):
                 if ll_extra is not None:
                     bands = torch.cat([(bands[:, :, 0] + ll_extra).unsqueeze(2), bands[:, :, 1:]],
                                       dim=2)
-                return wavelet_synthesis(bands, bank)
+                out = wavelet_synthesis(bands, bank)[..., :size[0], :size[1]]
+                return out if add is None else add + out
         filtered, shapes = [], []
         ll = x
         for i in range(self.wt_levels):
             shapes.append(ll.shape[-2:])
-            bands = analysis(_pad_even(ll))
+            bands = analysis(ll if self.is_haar else _pad_even(ll))
             ll = bands[:, :, 0]
             filtered.append(self._level_conv(bands, i))
         rec = None
         for i in reversed(range(self.wt_levels)):
             if i == 0 and stride == 2 and self.is_haar:
-                return haar_synthesis_even_pixels(filtered[0], rec)
-            h, w = shapes[i]
-            rec = synthesis(filtered[i], rec)[..., :h, :w]
-        return rec
+                return base + haar_synthesis_even_pixels(filtered[0], rec)
+            rec = synthesis(filtered[i], rec, shapes[i], base if i == 0 and stride == 1 else None)
+        return rec if stride == 1 else base + rec[..., ::stride, ::stride]
 
     def count_flops(self, input_shape) -> int:
         """Multiply-accumulates for an input (N, C, H, W), counted as the equivalent convs:
@@ -477,10 +498,7 @@ class WTConv(LayerStateDict, nn.Module):
             weight, bias = self._base_weights()
             out = _depthwise(x, weight, bias, self.dilation[0], self.kernel_size[0], s)
             if self.wt_levels:
-                rec = self._wavelet_path(x, s)
-                if s > 1 and rec.shape[-2:] != out.shape[-2:]:
-                    rec = rec[..., ::s, ::s]
-                out = out + rec
+                out = self._wavelet_path(x, s, out)
         if self.pointwise is not None:
             out = self.pointwise(out)
         return out

@@ -1,0 +1,98 @@
+"""C++ CPU kernels behind WTConv's CPU fast path (``convzoo_mm/ops/csrc/cpu_kernels.cpp``).
+
+Why they are fast (float32/float64, channels_last data):
+
+* **Depthwise weight gradient.** PyTorch computes a CPU depthwise conv's weight gradient through
+  oneDNN, 5-40x slower than the forward at WTConv's shapes; it dominated a training step, in our
+  layer and in the published one. :func:`depthwise_conv2d` keeps oneDNN for the forward and the
+  input gradient and runs the weight gradient in one pass over the rows, with the taps' sums held
+  in vector registers (an AVX2+FMA build where the CPU has it).
+* **Haar level and inverse.** As tensor ops the 2x2 butterflies take ~10 full-size passes
+  (slices, adds, stacks); :func:`haar_analysis_cl` / :func:`haar_synthesis_cl` write each output
+  once, zero-pad odd sizes implicitly, crop while writing, read the previous level's LL band in
+  place and add the base conv's output on the way out.
+
+The extension ``convzoo_mm._C`` is built by ``pip install --no-build-isolation -e .``
+(``tools/setup_env.sh`` does it). Without it, and off these kernels' domain (CUDA, half precision,
+autocast, tracing/export/compile, stride > 1, asymmetric padding), the callers run plain PyTorch
+with the same results.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from .. import _C
+except ImportError:  # not built (installed without a compiler): the PyTorch path runs
+    _C = None
+
+AVAILABLE = _C is not None
+
+__all__ = ['AVAILABLE', 'applies', 'depthwise_conv2d', 'depthwise_weight_grad',
+           'haar_analysis_cl', 'haar_synthesis_cl']
+
+
+def applies(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether the C++ kernels can run on these tensors now (CPU float32/64, eager, no autocast)."""
+    return (AVAILABLE and all(t is None or (t.device.type == 'cpu' and t.dtype in (
+        torch.float32, torch.float64)) for t in tensors)
+        and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
+
+
+def depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, dilation: int,
+                          padding: int) -> torch.Tensor:
+    """Weight gradient (C, 1, k, k) of ``F.conv2d(x, w, stride=1, padding, dilation, groups=C)``
+    for the output gradient ``grad``; both (N, C, H, W) of the same size, CPU, float32/64."""
+    return _C.depthwise_weight_grad(grad, x, kernel_size, dilation, padding)
+
+
+def haar_analysis_cl(x: torch.Tensor) -> torch.Tensor:
+    """Haar subbands of x (N, C, H, W), odd sizes zero-padded: (N, ceil(H/2), ceil(W/2), C, 4)
+    contiguous, band order LL, b1, b2, b3 (see :func:`convzoo_mm.layers.wtconv.haar_analysis`)."""
+    return _C.haar_analysis(x)
+
+
+def haar_synthesis_cl(bands: torch.Tensor, extra: Optional[torch.Tensor], size: Sequence[int],
+                      add: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Inverse of :func:`haar_analysis_cl`: bands (N, h, w, C, 4) with ``extra`` (N, C, h, w)
+    added to LL first, cropped to ``size`` = (H, W), plus ``add`` (N, C, H, W): (N, H, W, C)
+    contiguous."""
+    return _C.haar_synthesis(bands, extra, add, int(size[0]), int(size[1]))
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding: int, dilation: int):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
+        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        p, d = ctx.padding, ctx.dilation
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = gw = gb = None
+        if need_x:
+            gx = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [p, p], [d, d], False, [0, 0], x.shape[1],
+                [True, False, False])[0]
+        if need_w:
+            gw = depthwise_weight_grad(grad, x, weight.shape[-1], d, p)
+        if need_b and ctx.has_bias:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb, None, None
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     padding: int, dilation: int = 1) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)`` for x (N, C, H, W) and
+    weight (C, 1, k, k); odd-kernel 'same' convs on CPU train with the C++ weight gradient."""
+    k = weight.shape[-1]
+    if (weight.requires_grad and torch.is_grad_enabled() and weight.dtype == x.dtype
+            and weight.shape[-2] == k and 2 * padding == dilation * (k - 1) and applies(x)):
+        return _DepthwiseConv2d.apply(x, weight, bias, padding, dilation)
+    return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])

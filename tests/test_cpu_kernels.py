@@ -1,0 +1,166 @@
+"""The C++ CPU kernels (convzoo_mm/ops/csrc/cpu_kernels.cpp) against independent oracles:
+PyTorch's own conv backward for the depthwise weight gradient, pywavelets and the tensor-op
+Haar path for the transforms, gradcheck for the autograd wrappers, and the whole WTConv layer
+with the kernels against the layer without them."""
+import numpy as np
+import pytest
+import pywt
+import torch
+import torch.nn.functional as F
+
+from convzoo_mm.layers import WTConv
+from convzoo_mm.layers import wtconv as wtconv_mod
+from convzoo_mm.ops import cpu_kernels
+
+
+def test_extension_is_built():
+    assert cpu_kernels.AVAILABLE, (
+        'convzoo_mm._C is not built: run `pip install --no-build-isolation --no-deps -e .` '
+        '(tools/setup_env.sh does it; needs a C++ compiler)')
+
+
+needs_ext = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason='convzoo_mm._C not built '
+                               '(test_extension_is_built fails)')
+
+
+def _aten_weight_grad(g, x, k, d, p):
+    return torch.ops.aten.convolution_backward(
+        g, x, torch.zeros(x.shape[1], 1, k, k, dtype=x.dtype), None, [1, 1], [p, p], [d, d],
+        False, [0, 0], x.shape[1], [False, True, False])[1]
+
+
+@needs_ext
+@pytest.mark.parametrize('k,d', [(1, 1), (3, 1), (3, 3), (5, 1), (5, 2), (7, 1), (9, 1)])
+@pytest.mark.parametrize('channels', [1, 7, 8, 13, 40])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_depthwise_weight_grad_equals_pytorch(k, d, channels, dtype):
+    """k 3/5/7 run the unrolled kernel, 1 and 9 the generic one; channel counts cover whole
+    vectors, tails and fewer channels than a vector; maps smaller than the kernel too."""
+    gen = torch.Generator().manual_seed(k * 100 + channels)
+    p = d * (k - 1) // 2
+    for n, h, w in [(2, 9, 14), (1, 1, 2), (3, 5, 3)]:
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(n, channels, h, w, dtype=dtype, generator=gen).contiguous(
+                memory_format=fmt)
+            g = torch.randn(n, channels, h, w, dtype=dtype, generator=gen)
+            ours = cpu_kernels.depthwise_weight_grad(g, x, k, d, p)
+            ref = _aten_weight_grad(g, x, k, d, p)
+            assert ours.shape == ref.shape == (channels, 1, k, k)
+            tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5,
+                                                                                atol=1e-5)
+            torch.testing.assert_close(ours, ref, **tol)
+
+
+@needs_ext
+def test_depthwise_conv2d_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: cpu_kernels.depthwise_conv2d(*a, 2, 2), (x, w, b))
+    y = cpu_kernels.depthwise_conv2d(x, w, b, 2, 2)
+    assert y.grad_fn.name() == '_DepthwiseConv2dBackward'      # the C++ path really ran
+    torch.testing.assert_close(y, F.conv2d(x, w, b, 1, 2, 2, 5), rtol=0, atol=0)
+
+
+def test_depthwise_conv2d_falls_back_off_its_domain():
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = cpu_kernels.depthwise_conv2d(x, w, None, 1)
+    assert 'DepthwiseConv2d' not in y.grad_fn.name()
+    y = cpu_kernels.depthwise_conv2d(x.half().detach(), w.half(), None, 1)
+    assert 'DepthwiseConv2d' not in y.grad_fn.name()
+
+
+@needs_ext
+@pytest.mark.parametrize('h,w', [(10, 14), (9, 7), (1, 1), (2, 5)])
+def test_haar_analysis_kernel_equals_pywavelets(h, w):
+    """Odd sizes are zero-padded by one row/column at the bottom/right."""
+    x = np.random.default_rng(h * w).normal(size=(2, 3, h, w))
+    ours = cpu_kernels.haar_analysis_cl(torch.from_numpy(x)).permute(0, 3, 4, 1, 2).numpy()
+    padded = np.pad(x, ((0, 0), (0, 0), (0, h % 2), (0, w % 2)))
+    ll, (ch, cv, cd) = pywt.dwt2(padded, 'haar', axes=(-2, -1))
+    for band, ref in enumerate([ll, ch, cv, cd]):
+        np.testing.assert_allclose(ours[:, :, band], ref, rtol=0, atol=1e-12)
+
+
+@needs_ext
+def test_haar_analysis_kernel_reads_any_strides():
+    """The next level reads the LL band in place (channel stride 4), and NCHW input works."""
+    mem = torch.randn(2, 11, 9, 5, 4, dtype=torch.float64)        # bands' memory (N, h, w, C, 4)
+    ll = mem.permute(0, 3, 4, 1, 2)[:, :, 0]                       # (2, 5, 11, 9), c stride 4
+    assert ll.stride(1) == 4
+    torch.testing.assert_close(cpu_kernels.haar_analysis_cl(ll),
+                               cpu_kernels.haar_analysis_cl(ll.contiguous()), rtol=0, atol=0)
+
+
+@needs_ext
+@pytest.mark.parametrize('size', [(10, 14), (9, 13), (1, 2)])
+def test_haar_synthesis_kernel_equals_tensor_ops(size, monkeypatch):
+    """Against the tensor-op path (the fallback), with the LL extra, the crop and the add."""
+    torch.manual_seed(0)
+    hh, ww = size
+    h, w = (hh + 1) // 2, (ww + 1) // 2
+    y = torch.randn(2, 3, 4, h, w, dtype=torch.float64)
+    extra = torch.randn(2, 3, h, w, dtype=torch.float64)
+    add = torch.randn(2, 3, hh, ww, dtype=torch.float64)
+    fast = [wtconv_mod._haar_synthesis(y, e, size, a) for e, a in
+            [(None, None), (extra, None), (extra, add)]]
+    monkeypatch.setattr(cpu_kernels, 'AVAILABLE', False)
+    slow = [wtconv_mod._haar_synthesis(y, e, size, a) for e, a in
+            [(None, None), (extra, None), (extra, add)]]
+    for a, b in zip(fast, slow):
+        assert a.shape == (2, 3, hh, ww)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@needs_ext
+@pytest.mark.parametrize('size', [(8, 6), (7, 9), (1, 1)])
+def test_haar_transforms_invert_and_gradcheck(size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    bands = wtconv_mod.haar_analysis(x)
+    torch.testing.assert_close(wtconv_mod.haar_synthesis(bands, size=size), x, rtol=0, atol=1e-12)
+    h, w = bands.shape[-2:]
+    extra = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    add = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(wtconv_mod.haar_analysis, (x, ))
+    y = bands.detach().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: wtconv_mod.haar_synthesis(a, b, size, c), (y, extra, add))
+
+
+@pytest.mark.parametrize('case', [
+    dict(shape=(2, 8, 17, 23), levels=3, k=5),
+    dict(shape=(2, 8, 16, 16), levels=2, k=3, dilation=2),
+    dict(shape=(1, 6, 13, 10), levels=2, k=5, stride=2),
+    dict(shape=(1, 6, 13, 10), levels=1, k=3, stride=3),
+    dict(shape=(2, 4, 12, 9), levels=2, k=4),                  # even kernel: conv falls back
+    dict(shape=(2, 4, 12, 12), levels=2, k=5, out=6, groups=2),
+    dict(shape=(1, 4, 7, 7), levels=0, k=5),
+    dict(shape=(1, 4, 9, 9), levels=2, k=5, nchw=True),
+])
+def test_layer_with_kernels_equals_layer_without(case, monkeypatch):
+    """float32 outputs and all gradients, C++ kernels vs plain PyTorch (same module)."""
+    torch.manual_seed(0)
+    c = case['shape'][1]
+    layer = WTConv(c, case.get('out', c), case['k'], case.get('stride', 1),
+                   dilation=case.get('dilation', 1), groups=case.get('groups', c),
+                   wt_levels=case['levels'], impl='torch')
+    for p in layer.parameters():
+        p.data.normal_()
+    fmt = torch.contiguous_format if case.get('nchw') else torch.channels_last
+    x = torch.randn(case['shape']).contiguous(memory_format=fmt).requires_grad_()
+
+    def run():
+        y = layer(x)
+        g = torch.autograd.grad(y, [x] + list(layer.parameters()), torch.ones_like(y) * 0.1)
+        return [y] + list(g)
+
+    fast = run()
+    monkeypatch.setattr(cpu_kernels, 'AVAILABLE', False)
+    slow = run()
+    for a, b in zip(fast, slow):    # float32 sums in another order: relative to the scale
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 2e-5 * b.abs().max(), (a - b).abs().max()
