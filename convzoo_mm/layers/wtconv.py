@@ -208,6 +208,8 @@ def haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None,
     (the inverse of :func:`haar_analysis` of an odd-sized input), plus ``add`` (N, C, H, W)."""
     h, w = y.shape[-2:]
     size = tuple(size) if size is not None else (2 * h, 2 * w)
+    if torch.jit.is_tracing():   # export records the tensor ops (the Function's size would not)
+        return _haar_synthesis(y, ll_extra, size, add)
     return _HaarSynthesis.apply(y, ll_extra, size, add)
 
 
