@@ -4,11 +4,13 @@ import os
 
 import pytest
 
-from convzoo_mm.analysis.model_bench import compare_steps, model_table
+from convzoo_mm.analysis.model_bench import (CONFIG_PAIRS, compare_steps, model_table,
+                                             pairs_table)
 from tests.utils import run_tool
 
 TOOLS = ['get_flops.py', 'benchmark_layers.py', 'benchmark_model.py', 'erf.py',
-         'visualize_layers.py', 'summarize.py', 'benchmark_wtconvnext.py']
+         'visualize_layers.py', 'summarize.py', 'benchmark_wtconvnext.py',
+         'benchmark_configs.py']
 
 
 @pytest.mark.parametrize('tool', TOOLS)
@@ -78,3 +80,47 @@ def test_wtconvnext_benchmark_cli_tiny(tmp_path):
         r['median'] for r in rows if r['model'] == 'ConvNeXt-tiny' and r['kind'] == 'train'))
     with pytest.raises(AssertionError, match="arch"):
         run_tool('analysis/benchmark_wtconvnext.py', '--arch', 'huge', '--out-dir', str(tmp_path))
+
+
+def test_config_pairs_exist_and_pair_a_layer_with_its_baseline():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for suite, pairs in CONFIG_PAIRS.items():
+        assert pairs, suite
+        for config, baseline in pairs:
+            assert os.path.isfile(os.path.join(root, config)), config
+            assert os.path.isfile(os.path.join(root, baseline)), baseline
+            assert config != baseline
+            assert any(t in os.path.basename(config) for t in ('wtconv', 'octconv', 'drconv'))
+            assert not any(t in os.path.basename(baseline) for t in ('wtconv', 'octconv-'))
+
+
+def test_pairs_table_from_fake_rows():
+    clock = Clock()
+
+    def cost(dt):
+        def step():
+            clock.now += dt
+        return step
+
+    rows = compare_steps({'mine': dict(train=cost(0.3), infer=cost(0.1)),
+                          'base': dict(train=cost(0.2), infer=cost(0.2))}, 'base', repeats=2,
+                         warmup=0, timer=clock, measure_memory=False, log=lambda s: None)
+    table = pairs_table([dict(config='configs/x/a_mine.py', baseline='configs/x/a_base.py',
+                              rows=rows)])
+    assert '| a_mine | a_base | 300 (vs 200) | 1.50× | 100 (vs 200) | 0.50× | - |' in table
+
+
+def test_config_suite_cli_one_pair(tmp_path):
+    """The suite runner end to end on the smallest demo pair, with a filter."""
+    import json
+    proc = run_tool('analysis/benchmark_configs.py', 'demo', '--only', 'fcos_r50-thin-octconv',
+                    '--shape', '64', '64', '--batch-size', '1', '--repeats', '1', '--warmup', '0',
+                    '--no-memory', '--out-dir', str(tmp_path), env=dict(OMP_NUM_THREADS='1'))
+    assert '| fcos_r50-thin-octconv-a0.5_fpn_1xb8-12e_demo | fcos_r50-thin_fpn_1xb8-12e_demo |' \
+        in proc.stdout
+    saved = json.load(open(tmp_path / 'benchmark_configs.json'))
+    assert [r['config'] for r in saved['results']] == [
+        'configs/demo/fcos_r50-thin-octconv-a0.5_fpn_1xb8-12e_demo.py']
+    with pytest.raises(AssertionError, match='no pair'):
+        run_tool('analysis/benchmark_configs.py', 'demo', '--only', 'nope', '--out-dir',
+                 str(tmp_path))

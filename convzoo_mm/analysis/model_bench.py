@@ -183,3 +183,63 @@ def model_table(rows: Sequence[Dict[str, Any]], info: Optional[Dict[str, Any]] =
                      f'{r["kind"]} | {r["median"] * 1e3:.1f} [{r["p25"] * 1e3:.1f}–'
                      f'{r["p75"] * 1e3:.1f}] | {r["ratio"]:.2f}× | {peak} | {mem} |')
     return '\n'.join(lines) + '\n'
+
+
+# Config pairs (config, baseline) timed by tools/analysis/benchmark_configs.py. The baseline is
+# the same detector/segmentor with the plain layer (or ConvNeXt for WTConvNeXt).
+CONFIG_PAIRS = {
+    'demo': [
+        (f'configs/demo/{m}_r50-thin-{layer}{rest}', f'configs/demo/{m}_r50-thin{rest}')
+        for m, rest in (('fcos', '_fpn_1xb8-12e_demo.py'),
+                        ('upernet', '_1xb8-300i_demo-128x128.py'))
+        for layer in ('wtconv-c3-c5', 'octconv-a0.5', 'drconv-m4-c3-c4')
+    ] + [('configs/demo/fcos_wtconvnext-demo_fpn_1xb8-12e_demo.py',
+          'configs/demo/fcos_r50-thin_fpn_1xb8-12e_demo.py'),
+         ('configs/demo/upernet_wtconvnext-demo_1xb8-300i_demo-128x128.py',
+          'configs/demo/upernet_r50-thin_1xb8-300i_demo-128x128.py')],
+    'paper': [
+        ('configs/wtconvnext/cascade-mask-rcnn_wtconvnext-t_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py',
+         'configs/wtconvnext/cascade-mask-rcnn_convnext-t_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'),
+        ('configs/wtconvnext/cascade-mask-rcnn_wtconvnext-s_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py',
+         'configs/wtconvnext/cascade-mask-rcnn_convnext-s_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'),
+        ('configs/wtconvnext/mask-rcnn_wtconvnext-t_fpn_amp-1x_coco.py',
+         'configs/wtconvnext/mask-rcnn_convnext-t_fpn_amp-1x_coco.py'),
+        *[(f'configs/wtconvnext/wtconvnext-{a}_upernet_8xb2-amp-160k_ade20k-512x512.py',
+           f'configs/wtconvnext/convnext-{a}_upernet_8xb2-amp-160k_ade20k-512x512.py')
+          for a in ('tiny', 'small', 'base')],
+        *[(f'configs/octconv/mask-rcnn_r50-octconv-a{a}_fpn_1x_coco.py',
+           'configs/octconv/mask-rcnn_r50_fpn_1x_coco.py') for a in ('0.5', '0.25', '0.125')],
+        ('configs/octconv/faster-rcnn_r50-octconv-a0.5_fpn_1x_coco.py',
+         'configs/octconv/faster-rcnn_r50_fpn_1x_coco.py'),
+        *[(f'configs/octconv/upernet_r50-octconv-a{a}_4xb4-160k_ade20k-512x512.py',
+           'configs/octconv/upernet_r50_4xb4-160k_ade20k-512x512.py') for a in ('0.5', '0.25')],
+        ('configs/drconv/faster-rcnn_r50-drconv-m4-c3-c4_fpn_1x_coco.py',
+         'configs/drconv/faster-rcnn_r50_fpn_1x_coco_baseline-drconv.py'),
+        *[(f'configs/drconv/mask-rcnn_r50-drconv-m4-{s}_fpn_1x_coco.py',
+           'configs/drconv/mask-rcnn_r50_fpn_1x_coco_baseline-drconv.py') for s in ('c3-c4', 'c5')],
+        ('configs/drconv/upernet_r50-drconv-m4-c3-c4_4xb4-160k_ade20k-512x512.py',
+         'configs/drconv/upernet_r50_4xb4-160k_ade20k-512x512_baseline-drconv.py'),
+    ],
+}
+
+
+def pairs_table(results: Sequence[Dict[str, Any]]) -> str:
+    """One line per config pair from :func:`benchmark_configs` results (``config`` and
+    ``baseline`` paths added): train and inference time and their ratios, train peak ratio."""
+    import os
+    lines = ['| config | baseline | train ms | train ratio | infer ms | infer ratio | '
+             'train peak ratio |', '|---|---|---|---|---|---|---|']
+    for res in results:
+        mine = {r['kind']: r for r in res['rows'] if r['model'] != r['baseline']}
+        base = {r['kind']: r for r in res['rows'] if r['model'] == r['baseline']}
+        cells = []
+        for kind in ('train', 'infer'):
+            r = mine.get(kind)
+            cells += ['-', '-'] if r is None else [
+                f'{r["median"] * 1e3:.0f} (vs {base[kind]["median"] * 1e3:.0f})',
+                f'{r["ratio"]:.2f}×']
+        mem = mine.get('train', {}).get('mem_ratio')
+        name = [os.path.splitext(os.path.basename(p))[0] for p in (res['config'], res['baseline'])]
+        lines.append(f'| {name[0]} | {name[1]} | ' + ' | '.join(cells)
+                     + f' | {"-" if mem is None else f"{mem:.2f}×"} |')
+    return '\n'.join(lines) + '\n'
