@@ -47,8 +47,9 @@ def main(argv=None):
     results = []
     for i, (config, baseline) in enumerate(pairs):
         print(f'[{i + 1}/{len(pairs)}] {config}', file=sys.stderr, flush=True)
-        res = benchmark_configs(os.path.join(ROOT, config), os.path.join(ROOT, baseline), args.shape, args.batch_size, args.repeats,
-                                args.warmup, args.device, not args.no_memory,
+        res = benchmark_configs(os.path.join(ROOT, config), os.path.join(ROOT, baseline),
+                                args.shape, args.batch_size, args.repeats, args.warmup,
+                                args.device, not args.no_memory,
                                 log=lambda s: print('  ' + s, file=sys.stderr, flush=True))
         results.append(dict(config=config, baseline=baseline, rows=res['rows']))
         md = (f'{res["markdown"].splitlines()[0]}\n\n' + pairs_table(results))
