@@ -105,9 +105,10 @@ class OctBottleneck(BaseModule):
         out = octave_apply(self.relu, octave_norm(self.norm2, self.conv2(out)))
         out = octave_norm(self.norm3, self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
+        # in place, as mmdet's Bottleneck: the norm's backward does not need its output
         if isinstance(out, torch.Tensor):
-            return out + identity
-        return out[0] + identity[0], out[1] + identity[1]
+            return out.add_(identity)
+        return out[0].add_(identity[0]), out[1].add_(identity[1])
 
     def forward(self, x):
         if self.with_cp and self.training and any(
