@@ -197,7 +197,9 @@ def test_layer_aware_flop_analyzer_agrees():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         m(x)
     convs = counter.get_flop_counts()['Global']
-    conv_macs = sum(v for k, v in convs.items() if 'convolution' in str(k)) // 2
+    # convolutions, and the eager fast path's 1x1 convolutions, which run as (b)mm GEMMs
+    conv_macs = sum(v for k, v in convs.items()
+                    if any(op in str(k) for op in ('convolution', 'mm'))) // 2
     analyzer = flops_mod.LayerAwareFlopAnalyzer(m, (x,))
     by_op = analyzer.by_operator()
     assert by_op.get('OctaveConv', 0) + by_op.get('conv', 0) == conv_macs

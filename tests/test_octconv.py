@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from convzoo_mm.layers.octconv import (OctaveConv, OctaveConvModule, octave_merge, octave_norm,
-                                       split_channels)
+from convzoo_mm.layers.octconv import (OctaveConv, OctaveConvModule, _octave_paths,
+                                       octave_conv2d, octave_merge, octave_norm, split_channels)
 
 
 # ------------------------------------------------------------------ independent reference
@@ -257,6 +257,127 @@ def _gradcheck_one(m, x, ih, split, alphas):
     w = m.weight.detach().clone().requires_grad_(True)
     b = m.bias.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ fused fast path
+def _fused_and_paths(alphas, stride, k, d, bias, hw, n=3, cin=8, cout=12, dtype=torch.double,
+                     memory_format=torch.contiguous_format, need=('x', 'w')):
+    """Outputs and gradients of ``octave_conv2d`` (groups 1: the fused path with its hand-written
+    backward) and of the path-by-path form under autograd, same inputs and upstream gradients."""
+    torch.manual_seed(0)
+    m = OctaveConv(cin, cout, k, stride, dilation=d, bias=bias, alpha_in=alphas[0],
+                   alpha_out=alphas[1], split=True).to(dtype)
+    ih, il = m.in_split
+    x = torch.randn(n, cin, *hw, dtype=dtype)
+    xs = [x[:, :ih], ref_pool(x[:, ih:]) if il else None]
+    xs = [None if t is None else t.contiguous(memory_format=memory_format) for t in xs]
+    params = [m.weight.detach(), None if m.bias is None else m.bias.detach()]
+    args = (m.out_split[0], stride, m.padding[0], d, 1, False)
+    results = []
+    for fn in (octave_conv2d, _octave_paths):
+        ins = [None if t is None else t.clone().requires_grad_('x' in need) for t in xs]
+        ws = [None if t is None else t.clone().requires_grad_('w' in need) for t in params]
+        y = [t for t in fn(*ins, *ws, *args) if t is not None]
+        torch.manual_seed(1)
+        gs = [torch.randn_like(t) for t in y]
+        torch.autograd.backward(y, gs)
+        results.append((y, [t.grad for t in ins + ws if t is not None and t.requires_grad]))
+    return results
+
+
+FUSED_CASES = list(itertools.product(
+    [(0.5, 0.5), (0.0, 0.5), (0.5, 0.0), (0.25, 0.75)], [1, 2], [(1, 1), (3, 1), (3, 2)],
+    [True, False], [(8, 12), (7, 10), (5, 5), (1, 3)]))
+
+
+@pytest.mark.parametrize('alphas,stride,kd,bias,hw', FUSED_CASES)
+def test_fused_path_equals_paths_float64(alphas, stride, kd, bias, hw):
+    """The fused groups-1 path (GEMMs for 1x1, 2-3 convs on concatenated inputs, hand-written
+    backward) against the four path convs under autograd: outputs, input/weight/bias gradients;
+    odd and even sizes, stride 2, dilation, batch 3 (the per-sample GEMM accumulation)."""
+    (y, g), (y_ref, g_ref) = _fused_and_paths(alphas, stride, kd[0], kd[1], bias, hw)
+    assert len(y) == len(y_ref) and len(g) == len(g_ref)
+    for a, b in zip(y + g, y_ref + g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_path_is_taken():
+    m = _make((0.5, 0.5), 1, 1, 1, 1, split=True)
+    x = torch.randn(2, 8, 6, 6, dtype=torch.double, requires_grad=True)
+    yh, yl = m((x[:, :4], ref_pool(x[:, 4:])))
+    assert type(yh.grad_fn).__name__ == '_FusedOctaveConvBackward'
+    assert yl.grad_fn is yh.grad_fn
+    mg = _make((0.5, 0.5), 1, 2, 1, 1, split=True)  # grouped: the path-by-path form
+    assert 'Fused' not in type(mg((x[:, :4], ref_pool(x[:, 4:])))[0].grad_fn).__name__
+
+
+@pytest.mark.parametrize('need', [('x',), ('w',)])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_fused_path_partial_gradients(need, stride):
+    """Only input gradients (frozen weights) or only weight gradients (constant input)."""
+    for k in (1, 3):
+        (y, g), (y_ref, g_ref) = _fused_and_paths((0.5, 0.5), stride, k, 1, True, (6, 9),
+                                                  need=need)
+        assert len(g) == len(g_ref) == 2  # (x_high, x_low) or (weight, bias)
+        for a, b in zip(y + g, y_ref + g_ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('k', [1, 3])
+def test_fused_path_channels_last(stride, k):
+    """channels_last inputs (1x1: one GEMM over all pixels; channel slices read in place) and
+    the drop-in layer on a channels_last map, against NCHW."""
+    for hw in ((8, 12), (7, 10)):
+        (y, g), (y_ref, g_ref) = _fused_and_paths((0.5, 0.5), stride, k, 1, True, hw,
+                                                  dtype=torch.float,
+                                                  memory_format=torch.channels_last)
+        for a, b in zip(y + g, y_ref + g_ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        m = _make((0.5, 0.5), stride, 1, k, 1).float()
+        x = torch.randn(2, 8, *hw)
+        xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        xn = x.clone().requires_grad_()
+        m(xc).square().sum().backward()
+        gw = m.weight.grad.clone()
+        m.weight.grad = None
+        m(xn).square().sum().backward()
+        torch.testing.assert_close(xc.grad, xn.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gw, m.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('k', [1, 3])
+def test_fused_path_autocast_bf16(stride, k):
+    """Under CPU autocast the fused path computes in bfloat16 like autocast's conv2d: bf16
+    outputs close to the path-by-path form under autocast, float32 gradients close too."""
+    torch.manual_seed(0)
+    m = _make((0.5, 0.5), stride, 1, k, 1, split=True).float()
+    x = torch.randn(2, 8, 16, 17)
+    xs = (x[:, :4].requires_grad_(), ref_pool(x[:, 4:]).requires_grad_())
+    out = {}
+    for name, fn in (('fused', octave_conv2d), ('paths', _octave_paths)):
+        w = m.weight.detach().clone().requires_grad_()
+        ins = [t.detach().clone().requires_grad_() for t in xs]
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = fn(*ins, w, m.bias, m.out_split[0], stride, m.padding[0], 1, 1, False)
+        assert all(t.dtype == torch.bfloat16 for t in y)
+        sum(t.float().square().sum() for t in y).backward()
+        out[name] = list(y) + [t.grad for t in ins] + [w.grad]
+        assert all(t.dtype == torch.float for t in out[name][2:])
+    for a, b in zip(out['fused'], out['paths']):
+        scale = b.float().abs().max()
+        torch.testing.assert_close(a.float() / scale, b.float() / scale, rtol=0, atol=3e-2)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_fused_path_gradcheck_1x1(stride):
+    """float64 gradcheck of the hand-written backward on the GEMM (1x1) paths, with bias."""
+    for alphas in ((0.5, 0.5), (0.0, 0.5), (0.5, 0.0)):
+        m = _make(alphas, stride, 1, 1, 1, cin=4, cout=4, split=True)
+        for hw in ((5, 6), (6, 8)):
+            _gradcheck_one(m, torch.randn(2, 4, *hw, dtype=torch.double, requires_grad=True),
+                           m.in_split[0], True, alphas)
 
 
 # ------------------------------------------------------------------ FLOPs
