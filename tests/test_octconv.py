@@ -271,7 +271,8 @@ def _fused_and_paths(alphas, stride, k, d, bias, hw, n=3, cin=8, cout=12, dtype=
     x = torch.randn(n, cin, *hw, dtype=dtype)
     xs = [x[:, :ih], ref_pool(x[:, ih:]) if il else None]
     xs = [None if t is None else t.contiguous(memory_format=memory_format) for t in xs]
-    params = [m.weight.detach(), None if m.bias is None else m.bias.detach()]
+    params = [m.weight.detach().contiguous(memory_format=memory_format),
+              None if m.bias is None else m.bias.detach()]
     args = (m.out_split[0], stride, m.padding[0], d, 1, False)
     results = []
     for fn in (octave_conv2d, _octave_paths):
@@ -326,15 +327,15 @@ def test_fused_path_partial_gradients(need, stride):
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('k', [1, 3])
 def test_fused_path_channels_last(stride, k):
-    """channels_last inputs (1x1: one GEMM over all pixels; channel slices read in place) and
-    the drop-in layer on a channels_last map, against NCHW."""
+    """channels_last inputs and weights (1x1: one GEMM over all pixels; channel slices read in
+    place) and the drop-in layer on a channels_last map, against NCHW."""
     for hw in ((8, 12), (7, 10)):
         (y, g), (y_ref, g_ref) = _fused_and_paths((0.5, 0.5), stride, k, 1, True, hw,
                                                   dtype=torch.float,
                                                   memory_format=torch.channels_last)
         for a, b in zip(y + g, y_ref + g_ref):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-        m = _make((0.5, 0.5), stride, 1, k, 1).float()
+        m = _make((0.5, 0.5), stride, 1, k, 1).float().to(memory_format=torch.channels_last)
         x = torch.randn(2, 8, *hw)
         xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
         xn = x.clone().requires_grad_()

@@ -417,7 +417,7 @@ class _FusedOctaveConv(torch.autograd.Function):
         rows, i_h, size_h, stride, padding, dilation = ctx.cfg
         need_xh, need_xl, need_w, need_b = ctx.needs_input_grad[:4]
         w_h, w_l = weight.split(rows)
-        gw = weight.new_empty(weight.shape) if need_w else None
+        gw = torch.empty_like(weight) if need_w else None  # (the weight's memory format)
         gb = weight.new_empty(weight.shape[0]) if need_b else None
         # row blocks (high / low outputs) of gw and gb that receive each path's gradients
         gw_h, gw_l = gw.split(rows) if need_w else (None, None)
