@@ -27,20 +27,21 @@ def test_bad_config_path_and_unknown_layer_are_clear_errors(tmp_path):
 
 
 class Clock:
+    """A fake timer; ``cost(dt)`` is a step that advances it by dt seconds."""
     now = 0.0
 
     def __call__(self):
         return self.now
 
+    def cost(self, dt):
+        def step():
+            self.now += dt
+        return step
+
 
 def test_compare_steps_ratios_from_both_models():
     clock = Clock()
-
-    def cost(dt):
-        def step():
-            clock.now += dt
-        return step
-
+    cost = clock.cost
     steps = {'wt': dict(train=cost(3.0), infer=cost(1.0)),
              'base': dict(train=cost(2.0), infer=cost(2.0))}
     rows = compare_steps(steps, 'base', repeats=3, warmup=1, timer=clock, measure_memory=False,
@@ -96,12 +97,7 @@ def test_config_pairs_exist_and_pair_a_layer_with_its_baseline():
 
 def test_pairs_table_from_fake_rows():
     clock = Clock()
-
-    def cost(dt):
-        def step():
-            clock.now += dt
-        return step
-
+    cost = clock.cost
     rows = compare_steps({'mine': dict(train=cost(0.3), infer=cost(0.1)),
                           'base': dict(train=cost(0.2), infer=cost(0.2))}, 'base', repeats=2,
                          warmup=0, timer=clock, measure_memory=False, log=lambda s: None)
