@@ -9,7 +9,8 @@ updated after every pair so a long run keeps what it measured.
 examples:
   python tools/analysis/benchmark_configs.py demo --shape 128 128 --batch-size 8 --threads 2
   python tools/analysis/benchmark_configs.py paper --shape 512 512 --batch-size 1 --repeats 3 --no-memory
-  python tools/analysis/benchmark_configs.py paper --only octconv      # pairs whose path has it
+  python tools/analysis/benchmark_configs.py paper --only mask-rcnn_r50 faster   # det pairs
+  python tools/analysis/benchmark_configs.py paper --only upernet --batch-size 2   # (BN in PPM)
 """
 import argparse
 import json
@@ -26,7 +27,8 @@ def main(argv=None):
                                      __doc__.split('examples:')[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('suite', choices=sorted(CONFIG_PAIRS), help='which config pairs')
-    parser.add_argument('--only', help='keep the pairs whose config path contains this text')
+    parser.add_argument('--only', nargs='+', metavar='TEXT',
+                        help='keep the pairs whose config path contains one of these texts')
     parser.add_argument('--shape', type=int, nargs=2, default=[512, 512], metavar=('H', 'W'))
     parser.add_argument('--batch-size', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=3)
@@ -40,7 +42,8 @@ def main(argv=None):
     from convzoo_mm.analysis.benchmark import apply_cli_device
     from convzoo_mm.analysis.model_bench import benchmark_configs, pairs_table
     apply_cli_device(parser, args)
-    pairs = [p for p in CONFIG_PAIRS[args.suite] if not args.only or args.only in p[0]]
+    pairs = [p for p in CONFIG_PAIRS[args.suite]
+             if not args.only or any(t in p[0] for t in args.only)]
     if not pairs:
         parser.error(f'no pair of suite {args.suite!r} has {args.only!r} in its config path')
     os.makedirs(args.out_dir, exist_ok=True)
