@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import eager
 from ..registry import register
 from .checks import (check_choice, check_float, check_input, check_int, check_same_padding,
                      check_square, known_options)
@@ -136,15 +137,9 @@ class _PoolEven(torch.autograd.Function):
         return _broadcast_2x2(g * 0.25)
 
 
-def _eager() -> bool:
-    """Whether a custom-autograd fast path may run: not tracing (ONNX, FLOP analysers) and not
-    compiling."""
-    return not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-
-
 def _eager_grad(*tensors) -> bool:
     """Whether a custom-backward fast path applies: eager autograd (not tracing/compiling)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and _eager()
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and eager()
 
 
 def octave_pool(x: torch.Tensor) -> torch.Tensor:
@@ -187,7 +182,7 @@ def octave_add_upsampled(y: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     """``y + octave_upsample(low, y.shape[-2:])`` (the L->H path added to the H->H output)."""
     h, w = y.shape[-2:]
     if _is_even(y) and low.shape[-2] * 2 == h and low.shape[-1] * 2 == w \
-            and y.dtype == low.dtype and _eager():
+            and y.dtype == low.dtype and eager():
         return _AddUpsampled.apply(y, low)
     return y + octave_upsample(low, (h, w))
 
@@ -490,7 +485,7 @@ def octave_conv2d(x_high: torch.Tensor, x_low: Optional[torch.Tensor], weight: t
         tuple: ``(y_high, y_low)``; ``y_high`` (N, out_high, H', W') with ``H' = H`` (stride 1) or
         ``ceil(H/2)`` (stride 2); ``y_low`` (N, C_out - out_high, ceil(H'/2), ceil(W'/2)) or None.
     """
-    if groups == 1 and not depthwise and _eager():
+    if groups == 1 and not depthwise and eager():
         return _fused_octave_conv2d(x_high, x_low, weight, bias, out_high, stride, padding,
                                     dilation)
     return _octave_paths(x_high, x_low, weight, bias, out_high, stride, padding, dilation,

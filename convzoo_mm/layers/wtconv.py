@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels
+from ..ops import cpu_kernels, eager
 from ..ops.cpu_kernels import depthwise_conv2d
 from ..registry import register
 from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
@@ -417,9 +417,8 @@ class WTConv(LayerStateDict, nn.Module):
         if self.impl == 'triton':
             return True
         return (self.impl == 'auto' and x.is_cuda and self.is_haar
-                and self.kernel_size[0] % 2 == 1 and x.numel() > 0
-                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
-                and not torch.compiler.is_compiling() and _fused_ops().AVAILABLE)
+                and self.kernel_size[0] % 2 == 1 and x.numel() > 0 and eager()
+                and _fused_ops().AVAILABLE)
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise WTConv at stride 1 through :func:`convzoo_mm.ops.haar_wtconv.haar_wtconv`."""

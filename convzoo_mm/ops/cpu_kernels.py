@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import eager
+
 try:
     from .. import _C
 except ImportError:  # not built (installed without a compiler): the PyTorch path runs
@@ -37,8 +39,7 @@ def applies(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether the C++ kernels can run on these tensors now (CPU float32/64, eager, no autocast)."""
     return (AVAILABLE and all(t is None or (t.device.type == 'cpu' and t.dtype in (
         torch.float32, torch.float64)) for t in tensors)
-        and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
-        and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
+        and not torch.is_autocast_enabled('cpu') and eager())
 
 
 def depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, dilation: int,
