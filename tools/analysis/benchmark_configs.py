@@ -8,7 +8,7 @@ updated after every pair so a long run keeps what it measured.
 
 examples:
   python tools/analysis/benchmark_configs.py demo --shape 128 128 --batch-size 8 --threads 2
-  python tools/analysis/benchmark_configs.py paper --shape 512 512 --batch-size 1 --repeats 3 --no-memory
+  python tools/analysis/benchmark_configs.py paper --only cascade mask-rcnn_wtconvnext --no-memory
   python tools/analysis/benchmark_configs.py paper --only mask-rcnn_r50 faster   # det pairs
   python tools/analysis/benchmark_configs.py paper --only upernet --batch-size 2   # (BN in PPM)
 """

@@ -1,8 +1,9 @@
 // CPU kernels of WTConv's fast path (convzoo_mm/ops/cpu_kernels.py), on channels_last data.
 //
-// 1. Weight gradient of a stride-1 depthwise conv. Why: PyTorch's CPU depthwise conv runs the weight gradient through oneDNN, which is 5-40x
-// slower than the forward at WTConv's shapes (many channels, small maps): it dominates a WTConv
-// training step, in our layer and in the published one alike. Here the reduction
+// 1. Weight gradient of a stride-1 depthwise conv. Why: PyTorch's CPU depthwise conv runs the
+// weight gradient through oneDNN, which is 5-40x slower than the forward at WTConv's shapes (many
+// channels, small maps): it dominates a WTConv training step, in our layer and in the published
+// one alike. Here the reduction
 //     dW[c, ty, tx] = sum_{n, y, x} g[n, c, y, x] * input[n, c, y + ty*d - pad, x + tx*d - pad]
 // runs on channels_last data: channels are contiguous, so for one tap and one output row the
 // sum over x is a run of fused multiply-adds on whole vectors of channels, kept in registers.
@@ -66,8 +67,8 @@ at::Tensor depthwise_weight_grad(const at::Tensor& grad, const at::Tensor& input
     const scalar_t* xp = x.data_ptr<scalar_t>();
     at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p)
-        accumulate<scalar_t>(gp, xp, acc[p].data(), rows * p / parts,
-                                  rows * (p + 1) / parts, H, W, C, k, dilation, pad);
+        accumulate<scalar_t>(gp, xp, acc[p].data(), rows * p / parts, rows * (p + 1) / parts,
+                             H, W, C, k, dilation, pad);
     });
     double* o = out.data_ptr<double>();
     for (int64_t p = 0; p < parts; ++p)

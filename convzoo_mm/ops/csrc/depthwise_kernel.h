@@ -17,7 +17,9 @@ template <typename T, int K>
 inline void row_taps(const T* g_row, const T* in_row, T* acc, int64_t W, int64_t C, int64_t d,
                      int64_t pad, int64_t c_end) {
   using V = Vec<T>;
-  const int64_t xi0 = std::min<int64_t>(W, pad), xi1 = std::max<int64_t>(xi0, W - ((K - 1) * d - pad));
+  // columns [xi0, xi1) have every tap inside the row
+  const int64_t xi0 = std::min<int64_t>(W, pad);
+  const int64_t xi1 = std::max<int64_t>(xi0, W - ((K - 1) * d - pad));
   for (int64_t c0 = 0; c0 < c_end; c0 += V::lanes) {
     typename V::type r[K];
     for (int t = 0; t < K; ++t) r[t] = typename V::type{};
@@ -40,9 +42,8 @@ inline void row_taps(const T* g_row, const T* in_row, T* acc, int64_t W, int64_t
 }
 
 template <typename T, int K>
-void accumulate_rows(const T* g, const T* in, T* acc, int64_t r0, int64_t r1,
-                                    int64_t H, int64_t W, int64_t C, int64_t k, int64_t d,
-                                    int64_t pad) {
+void accumulate_rows(const T* g, const T* in, T* acc, int64_t r0, int64_t r1, int64_t H,
+                     int64_t W, int64_t C, int64_t k, int64_t d, int64_t pad) {
   const int64_t c_vec = K ? C / Vec<T>::lanes * Vec<T>::lanes : 0;
   for (int64_t r = r0; r < r1; ++r) {            // r = n * H + y
     const int64_t n = r / H, y = r % H;
