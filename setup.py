@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 
 def extensions():
-    """convzoo_mm._C: WTConv's C++ CPU kernels (convzoo_mm/ops/cpu_kernels.py, ops/csrc/).
+    """convzoo_mm._C: WTConv's and DRConv's C++ CPU kernels (convzoo_mm/ops/cpu_kernels.py, ops/csrc/).
     Needs torch importable at build time (pip install --no-build-isolation -e .); without torch
     (or with CONVZOO_NO_EXT=1) the package installs without it and uses the PyTorch path."""
     if os.environ.get('CONVZOO_NO_EXT'):
@@ -14,7 +14,8 @@ def extensions():
     except ImportError:
         return dict()
     ext = CppExtension('convzoo_mm._C', ['convzoo_mm/ops/csrc/cpu_kernels.cpp'],
-                       depends=['convzoo_mm/ops/csrc/depthwise_kernel.h'],
+                       depends=['convzoo_mm/ops/csrc/depthwise_kernel.h',
+                                'convzoo_mm/ops/csrc/region_kernel.h'],
                        extra_compile_args=['-O3', '-fopenmp'], extra_link_args=['-fopenmp'])
     return dict(ext_modules=[ext], cmdclass={'build_ext': BuildExtension.with_options(
         use_ninja=False)})

@@ -1,14 +1,15 @@
 """The C++ CPU kernels (convzoo_mm/ops/csrc/cpu_kernels.cpp) against independent oracles:
 PyTorch's own conv backward for the depthwise weight gradient, pywavelets and the tensor-op
-Haar path for the transforms, gradcheck for the autograd wrappers, and the whole WTConv layer
-with the kernels against the layer without them."""
+Haar path for the transforms, F.unfold for DRConv's region tap mix, gradcheck for the autograd
+wrappers, and the whole WTConv and DRConv layers with the kernels against the layers without
+them."""
 import numpy as np
 import pytest
 import pywt
 import torch
 import torch.nn.functional as F
 
-from convzoo_mm.layers import WTConv
+from convzoo_mm.layers import DRConv, WTConv
 from convzoo_mm.layers import wtconv as wtconv_mod
 from convzoo_mm.ops import cpu_kernels
 
@@ -162,5 +163,77 @@ def test_layer_with_kernels_equals_layer_without(case, monkeypatch):
     monkeypatch.setattr(cpu_kernels, 'AVAILABLE', False)
     slow = run()
     for a, b in zip(fast, slow):    # float32 sums in another order: relative to the scale
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 2e-5 * b.abs().max(), (a - b).abs().max()
+
+
+@needs_ext
+@pytest.mark.parametrize('case', [
+    dict(c=16, k=3, bases=9),                                 # m=8 paper generator: 2 chunks
+    dict(c=13, k=3, bases=5, stride=2),                       # channel tail, m=4
+    dict(c=12, k=3, bases=1, dilation=2, groups=3),           # Cg=4: fewer than a vector
+    dict(c=24, k=5, bases=17, groups=2, stride=3),            # 3 chunks
+    dict(c=8, k=1, bases=2),
+])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_region_tap_mix_equals_unfold(case, dtype):
+    """u[g, j, b, c] = sum_t coef[b, t] * tap t of position pos[j], against F.unfold (taps
+    ordered (ty, tx) per channel) on a random subset of positions in random order."""
+    gen = torch.Generator().manual_seed(case['c'] * 10 + case['bases'])
+    c, k, nb = case['c'], case['k'], case['bases']
+    s, d, groups = case.get('stride', 1), case.get('dilation', 1), case.get('groups', 1)
+    xp = torch.randn(11, 14, c, dtype=dtype, generator=gen)
+    ho, wo = (11 - d * (k - 1) - 1) // s + 1, (14 - d * (k - 1) - 1) // s + 1
+    pos = torch.randperm(ho * wo, generator=gen)[:max(1, ho * wo // 3)]
+    coef = torch.randn(nb, k * k, dtype=dtype, generator=gen)
+    ours = cpu_kernels.region_tap_mix(xp, pos, coef, k, s, d, (ho, wo), groups)
+    unf = F.unfold(xp.permute(2, 0, 1)[None], k, dilation=d, stride=s)[0]  # (C*k*k, L)
+    taps = unf.view(groups, c // groups, k * k, ho * wo)[..., pos]        # (G, Cg, T, J)
+    ref = torch.einsum('bt,gctj->gjbc', coef, taps)
+    assert ours.shape == (groups, pos.numel(), nb, c // groups)
+    tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, ref, **tol)
+
+
+@needs_ext
+def test_region_tap_mix_rejects_out_of_range_positions():
+    xp, coef = torch.randn(5, 5, 4), torch.randn(3, 9)
+    with pytest.raises(RuntimeError, match='position out of range'):
+        cpu_kernels.region_tap_mix(xp, torch.tensor([0, 9]), coef, 3, 1, 1, (3, 3), 1)
+
+
+@needs_ext
+@pytest.mark.parametrize('case', [
+    dict(m=8),                                          # B = 9 = k*k: the kernel runs
+    dict(m=4, stride=2, dilation=2, groups=2),          # B = 5
+    dict(m=3, k=5, padding=1, groups=4, out=8),         # B = 4
+])
+def test_drconv_with_kernel_equals_drconv_without(case, monkeypatch):
+    """Outputs and every gradient of the paper-generator DRConv, region tap mix (C++) vs the
+    im2col + matmul tensor path (same module), and the kernel is really used."""
+    torch.manual_seed(0)
+    k = case.get('k', 3)
+    layer = DRConv(16, case.get('out', 16), k, case.get('stride', 1),
+                   padding=case.get('padding', case.get('dilation', 1)),
+                   dilation=case.get('dilation', 1), groups=case.get('groups', 1),
+                   num_regions=case['m'])
+    x = torch.randn(2, 16, 13, 10, requires_grad=True)
+    calls = []
+    real = cpu_kernels.region_tap_mix
+    monkeypatch.setattr(cpu_kernels, 'region_tap_mix', lambda *a: calls.append(1) or real(*a))
+
+    def run():
+        y = layer(x)
+        g = torch.autograd.grad(y, [x] + list(layer.parameters()), torch.randn(
+            y.shape, generator=torch.Generator().manual_seed(1)))
+        return [y] + list(g)
+
+    fast = run()
+    assert calls, 'the region tap mix kernel did not run'
+    monkeypatch.setattr(cpu_kernels, 'AVAILABLE', False)
+    n_calls = len(calls)
+    slow = run()
+    assert len(calls) == n_calls
+    for a, b in zip(fast, slow):
         assert a.shape == b.shape
         assert (a - b).abs().max() <= 2e-5 * b.abs().max(), (a - b).abs().max()

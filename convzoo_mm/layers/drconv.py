@@ -20,7 +20,10 @@ must compute all ``m`` responses ``y_r`` in the forward pass (the naive form: m 
 m times the activation memory). :class:`_RegionConv` instead builds, per sample, one
 channels-last im2col ``X`` (positions as rows, :func:`im2col_t`) and for each region one matmul
 on the rows of that region only (``X[p in region r] @ W[n, r]^T``): exactly the FLOPs of one
-plain convolution. Only ``x``, the region index and the generator's *factors* are saved; the
+plain convolution (for the paper generator on CPU, each region's tap-mixed input ``U`` of
+:func:`_region_output` comes straight from the padded sample through the C++ kernel
+:func:`convzoo_mm.ops.cpu_kernels.region_tap_mix`, no im2col copy or row gather). Only ``x``,
+the region index and the generator's *factors* are saved; the
 backward recomputes ``X`` and the filters per sample and gets the guide gradient as
 ``<g, X @ W[n, r]^T>`` region by region (``m`` matmuls of ``L x in*k*k`` by ``in*k*k x out``;
 this term needs every region's response at every position and is therefore ``m`` times a
@@ -43,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import cpu_kernels
 from ..registry import register
 from .checks import (check_choice, check_divides, check_input, check_int, check_square,
                      known_options)
@@ -62,7 +66,7 @@ def conv_output_size(size: int, kernel_size: int, stride: int, padding: int,
 
 
 def materialize_filters(coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
-                        out_channels: int) -> torch.Tensor:
+                        out_channels: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Transposed filter of one (sample, region) from the generator factors.
 
     Layout ``(k*k*Cg, out)`` with rows ordered (tap, input channel) (``Cg = in/groups``): the
@@ -76,35 +80,49 @@ def materialize_filters(coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
         tapwise (bool): ``True`` for the paper's generator (one coefficient per basis and tap,
             a bank per region), ``False`` for the basis generator (one per basis).
         out_channels (int): out.
+        out (Tensor, optional): contiguous ``(k*k*Cg, out)`` buffer to write into (reused
+            across calls: a fresh multi-MB result costs more in page faults than the matmul).
 
     Returns:
         Tensor: ``(k*k*Cg, out)``.
     """
-    return (coef.t() @ bank if tapwise else coef @ bank).view(-1, out_channels)
+    a = coef.t() if tapwise else coef[None]
+    if out is None:
+        return (a @ bank).view(-1, out_channels)
+    torch.mm(a, bank, out=out.view(a.shape[0], -1))
+    return out
 
 
-def pad_nhwc(x: torch.Tensor, padding: int) -> torch.Tensor:
-    """``(N, C, H, W)`` -> zero-padded channels-last copy ``(N, H+2p, W+2p, C)``."""
+def pad_nhwc(x: torch.Tensor, padding: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(N, C, H, W)`` -> zero-padded channels-last copy ``(N, H+2p, W+2p, C)``.
+
+    ``out`` (optional): a buffer of that shape whose border is already zero (e.g. the result of
+    an earlier call); only its interior is written.
+    """
     n, c, h, w = x.shape
-    out = x.new_zeros(n, h + 2 * padding, w + 2 * padding, c)
+    if out is None:
+        out = x.new_zeros(n, h + 2 * padding, w + 2 * padding, c)
     out[:, padding:padding + h, padding:padding + w] = x.permute(0, 2, 3, 1)
     return out
 
 
 def im2col_t(xp: torch.Tensor, kernel_size: int, stride: int, dilation: int, out_size,
-             groups: int) -> torch.Tensor:
+             groups: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """im2col of one padded channels-last sample, transposed: ``(Hp, Wp, C)`` ->
     ``(groups, Ho*Wo, k*k*Cg)`` with columns ordered (tap, input channel), so the positions
-    of a region are rows (cheap to gather). One strided copy (no ``F.unfold`` + transpose)."""
+    of a region are rows (cheap to gather). One strided copy (no ``F.unfold`` + transpose),
+    into ``out`` when given (a buffer reused across samples: a fresh multi-MB allocation per
+    sample costs more in page faults than the copy itself)."""
     ho, wo = out_size
     k, c = kernel_size, xp.shape[-1]
     sh, sw, _ = xp.stride()
-    win = xp.as_strided((ho, wo, k, k, c), (stride * sh, stride * sw, dilation * sh,
-                                            dilation * sw, 1), xp.storage_offset())
-    if groups == 1:
-        return win.reshape(1, ho * wo, k * k * c)
-    win = win.reshape(ho * wo, k * k, groups, c // groups)
-    return win.permute(2, 0, 1, 3).reshape(groups, ho * wo, -1)
+    win = xp.as_strided((ho, wo, k, k, groups, c // groups),
+                        (stride * sh, stride * sw, dilation * sh, dilation * sw, c // groups, 1),
+                        xp.storage_offset())
+    if out is None:
+        out = xp.new_empty(groups, ho * wo, k * k * (c // groups))
+    out.view(groups, ho, wo, k, k, -1).copy_(win.permute(4, 0, 1, 2, 3, 5))
+    return out
 
 
 def col2im_t_add_(grad_xp: torch.Tensor, cols: torch.Tensor, kernel_size: int, stride: int,
@@ -139,6 +157,13 @@ def _grouped(w_t: torch.Tensor, groups: int) -> torch.Tensor:
     return w_t.view(w_t.shape[0], groups, -1).transpose(0, 1)
 
 
+def _bank_grouped(bank: torch.Tensor, groups: int, cg: int) -> torch.Tensor:
+    """A region's paper-generator bank ``(B, Cg*out)`` as the right factor of ``U @ bank`` per
+    group: ``(groups, B*Cg, out/groups)`` (a view when groups = 1)."""
+    nb = bank.shape[0]
+    return bank.view(nb, cg, groups, -1).permute(2, 0, 1, 3).reshape(groups, nb * cg, -1)
+
+
 def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
                    groups: int, out_channels: int) -> torch.Tensor:
     """``cols (groups, L', k*k*Cg) -> (groups, L', out/groups)`` for one (sample, region).
@@ -146,17 +171,16 @@ def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, t
     The paper's generator (``tapwise``) has ``W^T = coef^T @ bank`` with ``B = h/m + 1``
     bases, so ``X @ W^T = U @ bank'`` with ``U[p, b, c] = sum_t coef[b, t] X[p, t, c]``: a
     matmul with inner size ``B*Cg`` instead of ``k*k*Cg``, no filter to write. Used in the
-    forward whenever ``B <= k*k`` (m <= 8 at k=3 with the default h = m*m; at m=4 the forward
-    is as fast as a plain conv); otherwise the filter is built. The backward always builds the
+    forward whenever ``B <= k*k`` (m <= 8 at k=3 with the default h = m*m) and the C++ tap mix
+    cannot run (no extension, GPU, half precision); otherwise the filter is built. The backward
+    always builds the
     filter: ``U`` over all positions for the guide gradient costs more than it saves on CPU.
     """
     g, rows, kk_cg = cols.shape
     if tapwise and coef.shape[0] <= coef.shape[1]:
-        nb, t = coef.shape
-        cg = kk_cg // t
-        u = torch.matmul(coef, cols.view(g * rows, t, cg))  # (g*L', B, Cg)
-        b_g = bank.view(nb, cg, groups, -1).permute(2, 0, 1, 3).reshape(groups, nb * cg, -1)
-        return torch.bmm(u.view(g, rows, nb * cg), b_g)
+        cg = kk_cg // coef.shape[1]
+        u = torch.matmul(coef, cols.view(g * rows, -1, cg))  # (g*L', B, Cg)
+        return torch.bmm(u.view(g, rows, -1), _bank_grouped(bank, groups, cg))
     w_t = materialize_filters(coef, bank, tapwise, out_channels)
     return torch.bmm(cols, _grouped(w_t, groups))
 
@@ -174,15 +198,27 @@ class _RegionConv(torch.autograd.Function):
         k, stride, padding, dilation, groups, out_channels, tapwise = meta
         n, m = x.shape[0], soft.shape[1]
         ho, wo = region.shape[-2:]
-        og = out_channels // groups
+        og, cg = out_channels // groups, x.shape[1] // groups
         out = x.new_empty(n, groups, ho * wo, og)
+        # paper generator with B <= k*k bases on CPU: U straight from the padded input (C++)
+        mix = (tapwise and coef.shape[-2] <= coef.shape[-1]
+               and cpu_kernels.applies(x, coef, bank))
+        banks = [_bank_grouped(bank[r], groups, cg) for r in range(m)] if mix else None
+        xp = cols = None  # per-sample buffers, reused
         for i in range(n):  # one sample at a time: O(one im2col) of temporary memory
-            cols = im2col_t(pad_nhwc(x[i:i + 1], padding)[0], k, stride, dilation, (ho, wo),
-                            groups)
+            xp = pad_nhwc(x[i:i + 1], padding, xp)
+            if not mix:
+                cols = im2col_t(xp[0], k, stride, dilation, (ho, wo), groups, cols)
             for r, idx in _region_rows(region[i].flatten(), m):
-                out[i].index_copy_(1, idx, _region_output(
-                    cols.index_select(1, idx), coef[i, r], bank[r] if tapwise else bank, tapwise,
-                    groups, out_channels))
+                if mix:
+                    u = cpu_kernels.region_tap_mix(xp[0], idx, coef[i, r], k, stride, dilation,
+                                                   (ho, wo), groups)
+                    y = torch.bmm(u.view(groups, idx.numel(), -1), banks[r])
+                else:
+                    y = _region_output(cols.index_select(1, idx), coef[i, r],
+                                       bank[r] if tapwise else bank, tapwise, groups,
+                                       out_channels)
+                out[i].index_copy_(1, idx, y)
         ctx.save_for_backward(x, region, coef, bank)
         ctx.meta, ctx.m = meta, m
         return out.permute(0, 1, 3, 2).reshape(n, out_channels, ho, wo)
@@ -203,21 +239,26 @@ class _RegionConv(torch.autograd.Function):
         grad_soft = x.new_empty(n, m, ho * wo) if need_soft else None  # all written
         grad_coef = torch.zeros_like(coef) if need_coef else None
         grad_bank = torch.zeros_like(bank) if need_bank else None
+        # per-sample buffers, reused (fresh multi-MB tensors per region cost page faults)
+        xp = cols = grad_cols = grad_xp = w_t = resp = gw_t = None
         for i in range(n):
-            xp = pad_nhwc(x[i:i + 1], padding)[0]
-            cols = im2col_t(xp, k, stride, dilation, (ho, wo), groups)
+            xp = pad_nhwc(x[i:i + 1], padding, xp)
+            cols = im2col_t(xp[0], k, stride, dilation, (ho, wo), groups, cols)
             g = grad_out[i].contiguous()
-            grad_cols = torch.empty_like(cols) if need_x else None  # every row is written
+            if need_x and grad_cols is None:
+                grad_cols = torch.empty_like(cols)  # every row is written for every sample
             grad_w = []  # basis generator: (r, dL/dW_r) of this sample, contracted at the end
             rows = dict(_region_rows(region[i].flatten(), m))
             for r in range(m):
                 if not need_soft and r not in rows:
                     continue
                 w_t = materialize_filters(coef[i, r], bank[r] if tapwise else bank, tapwise,
-                                          out_channels)
+                                          out_channels, w_t)
                 w_g = _grouped(w_t, groups)
                 if need_soft:  # <g, y_r> for every region r: all m responses are needed
-                    grad_soft[i, r] = (torch.bmm(cols, w_g) * g).sum((0, 2))
+                    resp = torch.bmm(cols, w_g, out=resp) if resp is not None else torch.bmm(
+                        cols, w_g)
+                    grad_soft[i, r] = resp.mul_(g).sum((0, 2))
                 if r not in rows:
                     continue
                 idx = rows[r]
@@ -225,8 +266,14 @@ class _RegionConv(torch.autograd.Function):
                 if grad_cols is not None:
                     grad_cols.index_copy_(1, idx, torch.bmm(g_r, w_g.transpose(1, 2)))
                 if need_w:
-                    gw = torch.bmm(cols.index_select(1, idx).transpose(1, 2), g_r)  # (g, K, og)
-                    gw = gw.transpose(0, 1).reshape(w_t.shape)
+                    cols_r = cols.index_select(1, idx).transpose(1, 2)
+                    if tapwise and groups == 1:  # into a reused buffer (consumed right away)
+                        gw_t = torch.bmm(cols_r, g_r, out=gw_t) if gw_t is not None else (
+                            torch.bmm(cols_r, g_r))
+                        gw = gw_t[0]
+                    else:
+                        gw = torch.bmm(cols_r, g_r)  # (g, K, og)
+                        gw = gw.transpose(0, 1).reshape(w_t.shape)
                     if tapwise:  # adjoint of coef.t() @ bank
                         gw = gw.view(coef.shape[-1], -1)
                         if need_coef:
@@ -243,7 +290,7 @@ class _RegionConv(torch.autograd.Function):
                 if need_bank:
                     grad_bank.addmm_(coef[i, which].t(), gw)
             if grad_cols is not None:
-                grad_xp = torch.zeros_like(xp)
+                grad_xp = torch.zeros_like(xp[0]) if grad_xp is None else grad_xp.zero_()
                 col2im_t_add_(grad_xp, grad_cols, k, stride, dilation, (ho, wo))
                 grad_x[i] = grad_xp[padding:padding + h, padding:padding + w].permute(2, 0, 1)
         if grad_soft is not None:

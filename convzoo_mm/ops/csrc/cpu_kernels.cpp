@@ -1,4 +1,4 @@
-// CPU kernels of WTConv's fast path (convzoo_mm/ops/cpu_kernels.py), on channels_last data.
+// CPU kernels of WTConv's and DRConv's fast paths (convzoo_mm/ops/cpu_kernels.py).
 //
 // 1. Weight gradient of a stride-1 depthwise conv. Why: PyTorch's CPU depthwise conv runs the
 // weight gradient through oneDNN, which is 5-40x slower than the forward at WTConv's shapes (many
@@ -13,6 +13,12 @@
 // 2. One Haar level and its inverse in one pass each. Why: as tensor ops the 2x2 butterflies are
 // ~10 full-size passes (slices, adds, stacks); here each output element is written once, odd
 // sizes are zero-padded implicitly (no padded copy) and the inverse crops as it writes.
+//
+// 3. DRConv's region tap mix (region_kernel.h): the paper generator's filter of one (sample,
+// region) is W^T = coef^T @ bank, so a region's output is U @ bank with U = coef mixing the k*k
+// taps of each position. Why: as tensor ops U needs an im2col copy, a row gather per region and a
+// batched matmul of tiny (B x k*k) matrices, together ~30% of DRConv's forward at m=8; here U
+// is written in one pass straight from the padded input.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -26,20 +32,28 @@
 #pragma GCC target("avx2,fma")
 namespace avx2 {
 #include "depthwise_kernel.h"
+#include "region_kernel.h"
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
 
 namespace base {
 #include "depthwise_kernel.h"
+#include "region_kernel.h"
 }  // namespace base
+
+#ifdef CONVZOO_X86
+static bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+#endif
 
 template <typename T>
 void accumulate(const T* g, const T* in, T* acc, int64_t r0, int64_t r1, int64_t H, int64_t W,
                 int64_t C, int64_t k, int64_t d, int64_t pad) {
 #ifdef CONVZOO_X86
-  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (has_avx2) return avx2::accumulate_rows_k<T>(g, in, acc, r0, r1, H, W, C, k, d, pad);
+  if (has_avx2()) return avx2::accumulate_rows_k<T>(g, in, acc, r0, r1, H, W, C, k, d, pad);
 #endif
   base::accumulate_rows_k<T>(g, in, acc, r0, r1, H, W, C, k, d, pad);
 }
@@ -205,6 +219,46 @@ at::Tensor haar_synthesis(const at::Tensor& bands, const c10::optional<at::Tenso
   return out;
 }
 
+// ------------------------------------------------------------------------ DRConv region tap mix
+// xp: padded sample (Hp, Wp, C) contiguous; pos: (J,) int64 output positions (y * Wo + x) of
+// one region; coef: (B, k*k) -> u (G, J, B, C/G), see region_kernel.h.
+at::Tensor region_tap_mix(const at::Tensor& xp, const at::Tensor& pos, const at::Tensor& coef,
+                          int64_t k, int64_t stride, int64_t dilation, int64_t Ho, int64_t Wo,
+                          int64_t groups) {
+  TORCH_CHECK(xp.device().is_cpu() && xp.dim() == 3 && xp.is_contiguous(),
+              "region_tap_mix: xp must be a contiguous (Hp, Wp, C) CPU tensor");
+  TORCH_CHECK(pos.dim() == 1 && pos.scalar_type() == at::kLong && pos.is_contiguous(),
+              "region_tap_mix: pos must be a contiguous int64 vector");
+  TORCH_CHECK(coef.dim() == 2 && coef.size(1) == k * k && coef.scalar_type() == xp.scalar_type(),
+              "region_tap_mix: coef must be (B, k*k) of xp's dtype, got ", coef.sizes());
+  const int64_t Hp = xp.size(0), Wp = xp.size(1), C = xp.size(2);
+  TORCH_CHECK(k >= 1 && stride >= 1 && dilation >= 1 && groups >= 1 && C % groups == 0 &&
+              Ho >= 1 && Wo >= 1 && (Ho - 1) * stride + (k - 1) * dilation < Hp &&
+              (Wo - 1) * stride + (k - 1) * dilation < Wp,
+              "region_tap_mix: bad k/stride/dilation/groups/output size for xp ", xp.sizes());
+  const int64_t J = pos.size(0), B = coef.size(0);
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  for (int64_t j = 0; j < J; ++j)
+    TORCH_CHECK(pp[j] >= 0 && pp[j] < Ho * Wo, "region_tap_mix: position out of range");
+  const at::Tensor cf = coef.contiguous();
+  at::Tensor u = at::empty({groups, J, B, C / groups}, xp.options());
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "region_tap_mix", [&] {
+    const scalar_t* x = xp.data_ptr<scalar_t>();
+    const scalar_t* c = cf.data_ptr<scalar_t>();
+    scalar_t* o = u.data_ptr<scalar_t>();
+    at::parallel_for(0, J, 16, [&](int64_t j0, int64_t j1) {
+#ifdef CONVZOO_X86
+      if (has_avx2())
+        return avx2::region_tap_mix_rows<scalar_t>(x, Wp, C, pp, j0, j1, J, Wo, c, B, k, stride,
+                                                   dilation, groups, o);
+#endif
+      base::region_tap_mix_rows<scalar_t>(x, Wp, C, pp, j0, j1, J, Wo, c, B, k, stride,
+                                          dilation, groups, o);
+    });
+  });
+  return u;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("depthwise_weight_grad", &depthwise_weight_grad,
         "weight gradient of a stride-1 'same' depthwise conv2d (CPU, any memory format)",
@@ -217,4 +271,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(height, width), plus add -> (N, height, width, C)",
         pybind11::arg("bands"), pybind11::arg("extra"), pybind11::arg("add"),
         pybind11::arg("height"), pybind11::arg("width"));
+  m.def("region_tap_mix", &region_tap_mix,
+        "DRConv: u[g, j, b, c] = sum_t coef[b, t] * tap t of output position pos[j] in the "
+        "padded channels-last sample xp",
+        pybind11::arg("xp"), pybind11::arg("pos"), pybind11::arg("coef"),
+        pybind11::arg("kernel_size"), pybind11::arg("stride"), pybind11::arg("dilation"),
+        pybind11::arg("out_height"), pybind11::arg("out_width"), pybind11::arg("groups"));
 }
