@@ -302,6 +302,42 @@ def test_fused_path_equals_paths_float64(alphas, stride, kd, bias, hw):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def _ref_up(t, size):
+    """Nearest x2 upsampling cropped to ``size`` (repeat_interleave: independent of the layer)."""
+    return t.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :size[0], :size[1]]
+
+
+DROPIN_CASES = list(itertools.product(
+    [(0.5, 0.5), (0.0, 0.5), (0.5, 0.0), (0.25, 0.75)], [1, 2], [(1, 1), (3, 2)],
+    [(8, 12), (7, 5), (1, 3)], [torch.contiguous_format, torch.channels_last]))
+
+
+@pytest.mark.parametrize('alphas,stride,kd,hw,fmt', DROPIN_CASES)
+def test_dropin_fused_equals_reference(alphas, stride, kd, hw, fmt):
+    """The drop-in layer's own Function (one pooled map, outputs written into the merged map,
+    small 1x1 maps run channels_last inside) against split + pooling + the four path convs +
+    upsample + cat under autograd, built from independent pieces (float64): output, input,
+    weight and bias gradients, odd sizes, stride 2, both memory formats."""
+    torch.manual_seed(0)
+    m = OctaveConv(8, 12, kd[0], stride, dilation=kd[1], alpha_in=alphas[0],
+                   alpha_out=alphas[1]).double()
+    ih, oh = m.in_split[0], m.out_split[0]
+    x = torch.randn(3, 8, *hw, dtype=torch.double).contiguous(memory_format=fmt)
+    xa, wa, ba = (t.detach().clone().requires_grad_() for t in (x, m.weight, m.bias))
+    y = torch.func.functional_call(m, {'weight': wa, 'bias': ba}, (xa,))
+    assert type(y.grad_fn).__name__ == '_FusedOctaveDropInBackward'
+    xb, wb, bb = (t.detach().clone().requires_grad_() for t in (x, m.weight, m.bias))
+    x_l = ref_pool(xb[:, ih:]) if ih < 8 else None
+    y_h, y_l = _octave_paths(xb[:, :ih], x_l, wb, bb, oh, stride, m.padding[0], kd[1], 1, False)
+    ref = y_h if y_l is None else torch.cat([y_h, _ref_up(y_l, y_h.shape[-2:])], 1)
+    assert y.shape == ref.shape
+    g = torch.randn_like(ref)
+    y.backward(g)
+    ref.backward(g)
+    for a, b in ((y, ref), (xa.grad, xb.grad), (wa.grad, wb.grad), (ba.grad, bb.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_fused_path_is_taken():
     m = _make((0.5, 0.5), 1, 1, 1, 1, split=True)
     x = torch.randn(2, 8, 6, 6, dtype=torch.double, requires_grad=True)

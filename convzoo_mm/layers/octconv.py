@@ -35,9 +35,11 @@ of the weight, so the layer runs 2 or 3 larger convs instead of 4 small ones, wi
 multiplications: at stride 1 ``Y_low = conv([pool(X_high), X_low], W[out_high:])``; at stride 2
 both outputs read ``P = [pool(X_high), X_low]``: ``Y_high = conv(P, W[:out_high])``,
 ``Y_low = conv(pool(P), W[out_high:])``. 1x1 paths run as GEMMs, and the backward is written by
-hand (see the class for why that is faster). Grouped/depthwise layers, tracing (ONNX, FLOP
-analysers) and ``torch.compile`` use the path-by-path form :func:`_octave_paths`; the two are
-tested against each other.
+hand (see the class for why that is faster). The drop-in layer (one tensor in and out) has its
+own Function on the same cores (:class:`_FusedOctaveDropIn`: one pooled map serves both the low
+input and the pooled conv input, outputs are written into the merged map). Grouped/depthwise
+layers, tracing (ONNX, FLOP analysers) and ``torch.compile`` use the path-by-path form
+:func:`_octave_paths`; they are tested against each other.
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
@@ -104,15 +106,18 @@ def _broadcast_2x2(g: torch.Tensor) -> torch.Tensor:
 
 def _add_up(y: torch.Tensor, low: torch.Tensor, out: Optional[torch.Tensor] = None,
             alpha: float = 1) -> None:
-    """``out = y + alpha * up2(low)`` for an even-sized ``y`` (``out=None``: in place): four
-    strided adds, one per position in the 2x2 window (a 6-d broadcast add has an inner loop of
-    2 and is 2-3x slower on CPU; the upsampled map is never built)."""
+    """``out = y + alpha * octave_upsample(low, y.shape[-2:])`` (``out=None``: in place), ``low``
+    of size ``ceil(H/2) x ceil(W/2)``: four strided adds, one per position in the 2x2 window,
+    each with the rows/columns of ``low`` it covers (a 6-d broadcast add has an inner loop of 2
+    and is 2-3x slower on CPU; the upsampled map is never built)."""
+    h, w = y.shape[-2:]
     for i in (0, 1):
         for j in (0, 1):
+            lo = low[..., :(h - i + 1) // 2, :(w - j + 1) // 2]
             if out is None:
-                y[..., i::2, j::2].add_(low, alpha=alpha)
+                y[..., i::2, j::2].add_(lo, alpha=alpha)
             else:
-                torch.add(y[..., i::2, j::2], low, alpha=alpha, out=out[..., i::2, j::2])
+                torch.add(y[..., i::2, j::2], lo, alpha=alpha, out=out[..., i::2, j::2])
 
 
 def _is_even(x: torch.Tensor) -> bool:
@@ -259,21 +264,35 @@ def _gemm_view(x: torch.Tensor, w: torch.Tensor) -> Optional[torch.Tensor]:
     return None
 
 
-def _path_fwd(x, w, b, padding, dilation):
-    """One stride-1 conv path. A 1x1 kernel is a GEMM: ``W @ X`` per sample on NCHW maps,
-    ``X @ W.T`` over all pixels on channels_last ones. On CPU that is 1.3-2x faster than
-    mkldnn's 1x1 conv at the narrow shapes the octave split produces (4x at some, e.g. the
-    backward of 128->32 channels at 56x56), and it reads channel slices without copying."""
+def _path_fwd(x, w, b, padding, dilation, out=None):
+    """One stride-1 conv path, into ``out`` if given. A 1x1 kernel is a GEMM: ``W @ X`` per
+    sample on NCHW maps (written straight into ``out``, e.g. a channel slice of the drop-in's
+    merged output), ``X @ W.T`` over all pixels on channels_last ones. On CPU that is 1.3-2x
+    faster than mkldnn's 1x1 conv at the narrow shapes the octave split produces (4x at some,
+    e.g. the backward of 128->32 channels at 56x56), and it reads channel slices without
+    copying."""
     xm = _gemm_view(x, w)
     if xm is None:
-        return F.conv2d(x, w, b, 1, padding, dilation)
-    n, _, h, wd = x.shape
-    w2 = w.flatten(1)
-    if xm.dim() == 2:  # channels_last: (N*H*W, C_in) @ (C_in, C_out)
-        return F.linear(xm, w2, b).view(n, h, wd, -1).permute(0, 3, 1, 2)
-    w3 = w2.expand(n, -1, -1)
-    y = torch.bmm(w3, xm) if b is None else torch.baddbmm(b[:, None], w3, xm)
-    return y.view(n, -1, h, wd)
+        y = F.conv2d(x, w, b, 1, padding, dilation)
+    elif xm.dim() == 2:  # channels_last: (N*H*W, C_in) @ (C_in, C_out)
+        n, _, h, wd = x.shape
+        y = F.linear(xm, w.flatten(1), b).view(n, h, wd, -1).permute(0, 3, 1, 2)
+    elif out is not None and getattr(_gemm_view(out, w), 'ndim', 0) == 3:
+        w2 = w.flatten(1)
+        for i, o in enumerate(_gemm_view(out, w)):  # NCHW (slice): each sample's block
+            if b is None:
+                torch.mm(w2, xm[i], out=o)
+            else:
+                torch.addmm(b[:, None], w2, xm[i], out=o)
+        return out
+    else:
+        n, _, h, wd = x.shape
+        w3 = w.flatten(1).expand(n, -1, -1)
+        y = (torch.bmm(w3, xm) if b is None else torch.baddbmm(b[:, None], w3, xm)).view(
+            n, -1, h, wd)
+    if out is None:
+        return y
+    return out.copy_(y)
 
 
 def _path_bwd(g, x, w, padding, dilation, need_x, gw_out, gb_out):
@@ -359,9 +378,81 @@ def _up_grad(g: torch.Tensor) -> torch.Tensor:
     """The adjoint of :func:`octave_upsample` to ``g``'s size: 2x2 window sums of ``g``
     zero-padded to even size."""
     h, w = g.shape[-2:]
-    if h % 2 or w % 2:
-        g = F.pad(g, (0, w % 2, 0, h % 2))
-    return _sum_2x2(g)
+    if h % 2 == 0 and w % 2 == 0:
+        return _sum_2x2(g)
+    rows = g[..., 0::2, :].clone()  # pairs of rows, then of columns; a missing partner adds 0
+    rows[..., :h // 2, :] += g[..., 1::2, :]
+    out = rows[..., 0::2].clone()
+    out[..., :w // 2] += rows[..., 1::2]
+    return out
+
+
+def _fused_forward(x_h, x_l, p, weight, bias, out_high, stride, padding, dilation,
+                   y_h_out=None):
+    """Forward of the fused path: ``(y_h, y_l, p, q)``. ``p = [pool(x_h), x_l]`` is built here
+    when needed unless given (the drop-in layer passes the pooled input, the same tensor);
+    ``q = pool(p)`` at stride 2. ``y_h`` is written into ``y_h_out`` when given."""
+    rows = [out_high, weight.shape[0] - out_high]
+    w_h, w_l = weight.split(rows)
+    b_h, b_l = (None, None) if bias is None else bias.split(rows)
+    i_h = x_h.shape[1]
+    y_l = q = None
+    if stride == 1:
+        y_h = _path_fwd(x_h, w_h[:, :i_h], b_h, padding, dilation, y_h_out)
+        if x_l is not None:
+            _add_up(y_h, _path_fwd(x_l, w_h[:, i_h:], None, padding, dilation))
+        if rows[1]:
+            p = _pool_cat(x_h, x_l) if p is None else p
+            y_l = _path_fwd(p, w_l, b_l, padding, dilation)
+    else:
+        p = _pool_cat(x_h, x_l) if p is None else p
+        y_h = _path_fwd(p, w_h, b_h, padding, dilation, y_h_out)
+        if rows[1]:
+            q = octave_pool(p)
+            y_l = _path_fwd(q, w_l, b_l, padding, dilation)
+    return y_h, y_l, p, q
+
+
+def _fused_backward(needs, g_h, g_l, x_h, x_l, weight, p, q, cfg):
+    """Backward of :func:`_fused_forward`: ``(gx_h, gx_l, gw, gb)``. ``needs``: which of
+    (x_h, x_l, weight, bias) need a gradient; ``cfg = (rows, in_high, size_h, stride, padding,
+    dilation)``. At stride 2 ``x_h``/``x_l`` may be None (only ``p``/``q`` are read), and
+    ``gx_l`` is the gradient of ``p``'s low channels. ``p`` is read at stride 1 only when there
+    are low outputs."""
+    rows, i_h, size_h, stride, padding, dilation = cfg
+    need_xh, need_xl, need_w, need_b = needs
+    w_h, w_l = weight.split(rows)
+    gw = torch.empty_like(weight) if need_w else None  # (the weight's memory format)
+    gb = weight.new_empty(weight.shape[0]) if need_b else None
+    # row blocks (high / low outputs) of gw and gb that receive each path's gradients
+    gw_h, gw_l = gw.split(rows) if need_w else (None, None)
+    gb_h, gb_l = gb.split(rows) if need_b else (None, None)
+
+    def path(g, x, w, need_x, gw_block, gb_block):
+        return _path_bwd(g, x, w, padding, dilation, need_x, gw_block, gb_block)
+
+    if stride == 1:
+        gw_hh, gw_lh = (None, None) if gw_h is None else (gw_h[:, :i_h], gw_h[:, i_h:])
+        gx_h = path(g_h, x_h, w_h[:, :i_h], need_xh, gw_hh, gb_h)
+        gx_l = None
+        if x_l is not None and (need_xl or need_w):
+            gx_l = path(_up_grad(g_h), x_l, w_h[:, i_h:], need_xl, gw_lh, None)
+        if rows[1]:
+            gp = path(g_l, p, w_l, need_xh or need_xl, gw_l, gb_l)
+            if need_xh:
+                gx_h = _pool_grad(gp[:, :i_h], size_h, gx_h)
+            if need_xl:
+                gx_l.add_(gp[:, i_h:])
+    else:
+        need_p = need_xh or need_xl
+        gp = path(g_h, p, w_h, need_p, gw_h, gb_h)
+        if q is not None:
+            gq = path(g_l, q, w_l, need_p, gw_l, gb_l)
+            if need_p:
+                gp = _pool_grad(gq, p.shape[-2:], gp)
+        gx_h = _pool_grad(gp[:, :i_h], size_h) if need_xh else None
+        gx_l = gp[:, i_h:] if need_xl else None
+    return gx_h, gx_l, gw, gb
 
 
 class _FusedOctaveConv(torch.autograd.Function):
@@ -378,83 +469,112 @@ class _FusedOctaveConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_h, x_l, weight, bias, out_high, stride, padding, dilation):
-        rows = [out_high, weight.shape[0] - out_high]
-        w_h, w_l = weight.split(rows)
-        b_h, b_l = (None, None) if bias is None else bias.split(rows)
-        i_h, size_h = x_h.shape[1], tuple(x_h.shape[-2:])
-        y_l = p = q = None
-        if stride == 1:
-            y_h = _path_fwd(x_h, w_h[:, :i_h], b_h, padding, dilation)
-            if x_l is not None:
-                lh = _path_fwd(x_l, w_h[:, i_h:], None, padding, dilation)
-                if _is_even(y_h):
-                    _add_up(y_h, lh)
-                else:
-                    y_h.add_(octave_upsample(lh, y_h.shape[-2:]))
-            if rows[1]:
-                p = _pool_cat(x_h, x_l)
-                y_l = _path_fwd(p, w_l, b_l, padding, dilation)
-        else:
-            p = _pool_cat(x_h, x_l)
-            y_h = _path_fwd(p, w_h, b_h, padding, dilation)
-            if rows[1]:
-                q = octave_pool(p)
-                y_l = _path_fwd(q, w_l, b_l, padding, dilation)
+        ctx.cfg = ([out_high, weight.shape[0] - out_high], x_h.shape[1], tuple(x_h.shape[-2:]),
+                   stride, padding, dilation)
+        y_h, y_l, p, q = _fused_forward(x_h, x_l, None, weight, bias, out_high, stride, padding,
+                                        dilation)
+        if stride != 1:
             x_h = x_l = None  # the backward needs only their shapes
         ctx.save_for_backward(x_h, x_l, weight, p, q)
-        ctx.cfg = (rows, i_h, size_h, stride, padding, dilation)
         return y_h if y_l is None else (y_h, y_l)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_h, g_l=None):
         x_h, x_l, weight, p, q = ctx.saved_tensors
-        rows, i_h, size_h, stride, padding, dilation = ctx.cfg
-        need_xh, need_xl, need_w, need_b = ctx.needs_input_grad[:4]
-        w_h, w_l = weight.split(rows)
-        gw = torch.empty_like(weight) if need_w else None  # (the weight's memory format)
-        gb = weight.new_empty(weight.shape[0]) if need_b else None
-        # row blocks (high / low outputs) of gw and gb that receive each path's gradients
-        gw_h, gw_l = gw.split(rows) if need_w else (None, None)
-        gb_h, gb_l = gb.split(rows) if need_b else (None, None)
-
-        def path(g, x, w, need_x, gw_block, gb_block):
-            return _path_bwd(g, x, w, padding, dilation, need_x, gw_block, gb_block)
-
-        if stride == 1:
-            gw_hh, gw_lh = (None, None) if gw_h is None else (gw_h[:, :i_h], gw_h[:, i_h:])
-            gx_h = path(g_h, x_h, w_h[:, :i_h], need_xh, gw_hh, gb_h)
-            gx_l = None
-            if x_l is not None and (need_xl or need_w):
-                gx_l = path(_up_grad(g_h), x_l, w_h[:, i_h:], need_xl, gw_lh, None)
-            if p is not None:
-                gp = path(g_l, p, w_l, need_xh or need_xl, gw_l, gb_l)
-                if need_xh:
-                    gx_h = _pool_grad(gp[:, :i_h], size_h, gx_h)
-                if need_xl:
-                    gx_l.add_(gp[:, i_h:])
-        else:
-            need_p = need_xh or need_xl
-            gp = path(g_h, p, w_h, need_p, gw_h, gb_h)
-            if q is not None:
-                gq = path(g_l, q, w_l, need_p, gw_l, gb_l)
-                if need_p:
-                    gp = _pool_grad(gq, p.shape[-2:], gp)
-            gx_h = _pool_grad(gp[:, :i_h], size_h) if need_xh else None
-            gx_l = gp[:, i_h:] if need_xl else None
+        gx_h, gx_l, gw, gb = _fused_backward(ctx.needs_input_grad[:4], g_h, g_l, x_h, x_l,
+                                             weight, p, q, ctx.cfg)
         return gx_h, gx_l, gw, gb, None, None, None, None
 
 
-def _fused_octave_conv2d(x_h, x_l, weight, bias, out_high, stride, padding, dilation):
-    device = x_h.device.type
+def _upsample_into(low: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = octave_upsample(low, out.shape[-2:])`` written into ``out`` (e.g. a channel slice
+    of the merged output) in two copies that write whole rows: columns doubled, then rows."""
+    n, c, h, w = low.shape
+    size = out.shape[-2:]
+    cols = low.unsqueeze(-1).expand(n, c, h, w, 2).reshape(n, c, h, 2 * w)[..., :size[1]]
+    if size[0] == 2 * h:
+        out.view(n, c, h, 2, size[1]).copy_(cols.unsqueeze(-2).expand(n, c, h, 2, size[1]))
+    else:  # odd height: even and odd rows separately
+        out[..., 0::2, :].copy_(cols)
+        out[..., 1::2, :].copy_(cols[..., :size[0] // 2, :])
+
+
+class _FusedOctaveDropIn(torch.autograd.Function):
+    """The drop-in layer (one tensor in, one out) on the fused path: ``merge(octave(split(x)))``.
+
+    Why it is faster than split + :class:`_FusedOctaveConv` + :func:`octave_merge`: the pooled
+    low input ``pool(x[:, in_high:])`` and the stride-1/2 conv input ``[pool(x_high), x_low]``
+    are both channel ranges of one pooled map ``pool(x)``, made in one pass; the H->H output is
+    written straight into the merged output and the low output upsampled into it (no cat); the
+    backward writes the input gradient's two halves in place. A 1x1 drop-in is memory-bound, so
+    these passes decide whether it beats the plain conv.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, in_high, out_high, stride, padding, dilation):
+        n, c, h, w = x.shape
+        # small NCHW maps (<= 8x8) with a 1x1 kernel run channels_last inside: each path is
+        # then one GEMM over all pixels instead of per-sample GEMMs with <= 64 columns
+        ctx.to_cl = (weight.shape[-1] == 1 and h * w <= 64 and c > 1 and x.stride(-1) == 1
+                     and _memory_format(x) == torch.contiguous_format)
+        if ctx.to_cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        p = _pool_cat(x, None)  # = [pool(x_high), x_low] with x_low = pool(x[:, in_high:])
+        x_h, x_l = x[:, :in_high], (p[:, in_high:] if in_high < c else None)
+        size = (h, w) if stride == 1 else (half_size(h), half_size(w))
+        y = torch.empty(n, weight.shape[0], *size, dtype=x.dtype, device=x.device,
+                        memory_format=_memory_format(x))
+        _, y_l, p, q = _fused_forward(x_h, x_l, p, weight, bias, out_high, stride, padding,
+                                      dilation, y[:, :out_high])
+        if y_l is not None:
+            _upsample_into(y_l, y[:, out_high:])
+        ctx.save_for_backward(x if stride == 1 else None, weight, p, q)
+        ctx.cfg = ([out_high, weight.shape[0] - out_high], in_high, (h, w), stride, padding,
+                   dilation)
+        return y.contiguous() if ctx.to_cl else y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, weight, p, q = ctx.saved_tensors
+        rows, i_h, size, stride = ctx.cfg[:4]
+        if ctx.to_cl:
+            g = g.contiguous(memory_format=torch.channels_last)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        has_low_in = i_h < p.shape[1]
+        g_l = _up_grad(g[:, rows[0]:]) if rows[1] else None
+        x_h = None if x is None else x[:, :i_h]
+        x_l = p[:, i_h:] if has_low_in else None
+        gx_h, gx_l, gw, gb = _fused_backward(
+            (need_x, need_x and has_low_in, need_w, need_b), g[:, :rows[0]], g_l, x_h, x_l,
+            weight, p, q, ctx.cfg)
+        gx = None
+        if need_x:
+            gx = torch.empty(p.shape[0], p.shape[1], *size, dtype=p.dtype, device=p.device,
+                             memory_format=_memory_format(p))
+            gx[:, :i_h].copy_(gx_h)
+            if has_low_in:
+                gx[:, i_h:].copy_(_pool_grad(gx_l, size))
+            if ctx.to_cl:
+                gx = gx.contiguous()
+        return gx, gw, gb, None, None, None, None, None
+
+
+def _fused_apply(function, tensors, *args):
+    """``function.apply(*tensors, *args)`` with the casts autocast would give ``F.conv2d``
+    made here (the Function runs without autocast)."""
+    device = tensors[0].device.type
     if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        # the casts autocast would give F.conv2d, made here (the Function runs without it)
         dtype = torch.get_autocast_dtype(device)
         with torch.autocast(device, enabled=False):
-            return _fused_octave_conv2d(*(None if t is None else t.to(dtype)
-                                          for t in (x_h, x_l, weight, bias)),
-                                        out_high, stride, padding, dilation)
-    y = _FusedOctaveConv.apply(x_h, x_l, weight, bias, out_high, stride, padding, dilation)
+            return function.apply(*(None if t is None else t.to(dtype) for t in tensors), *args)
+    return function.apply(*tensors, *args)
+
+
+def _fused_octave_conv2d(x_h, x_l, weight, bias, out_high, stride, padding, dilation):
+    y = _fused_apply(_FusedOctaveConv, (x_h, x_l, weight, bias), out_high, stride, padding,
+                     dilation)
     return (y, None) if isinstance(y, torch.Tensor) else y
 
 
@@ -760,6 +880,10 @@ class OctaveConv(LayerStateDict, nn.Module):
             x_h, x_l = self._check_split_input(x)
         else:
             check_input(x, self.in_channels, name)
+            if self.groups == 1 and not self.depthwise and eager():
+                return _fused_apply(_FusedOctaveDropIn, (x, self.weight, self.bias),
+                                    self.in_split[0], self.out_split[0], self.stride[0],
+                                    self.padding[0], self.dilation[0])
             if self.in_split[1] == 0:
                 x_h, x_l = x, None
             else:
