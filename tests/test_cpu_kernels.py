@@ -1,6 +1,7 @@
 """The C++ CPU kernels (convzoo_mm/ops/csrc/cpu_kernels.cpp) against independent oracles:
 PyTorch's own conv backward for the depthwise weight gradient, pywavelets and the tensor-op
-Haar path for the transforms, F.unfold for DRConv's region tap mix, gradcheck for the autograd
+Haar path for the transforms, avg_pool2d and its autograd adjoint for OctaveConv's resampling,
+F.unfold for DRConv's region tap mix, gradcheck for the autograd
 wrappers, and the whole WTConv and DRConv layers with the kernels against the layers without
 them."""
 import numpy as np
@@ -9,7 +10,7 @@ import pywt
 import torch
 import torch.nn.functional as F
 
-from convzoo_mm.layers import DRConv, WTConv
+from convzoo_mm.layers import DRConv, OctaveConv, WTConv
 from convzoo_mm.layers import wtconv as wtconv_mod
 from convzoo_mm.ops import cpu_kernels
 
@@ -237,3 +238,79 @@ def test_drconv_with_kernel_equals_drconv_without(case, monkeypatch):
     for a, b in zip(fast, slow):
         assert a.shape == b.shape
         assert (a - b).abs().max() <= 2e-5 * b.abs().max(), (a - b).abs().max()
+
+
+def _octave_maps(h, w, dtype, gen):
+    """A channel slice of an NCHW map (rows contiguous, other strides not) and its low size."""
+    x = torch.randn(2, 7, h, w, dtype=dtype, generator=gen)[:, 2:6]
+    return x, ((h + 1) // 2, (w + 1) // 2)
+
+
+@needs_ext
+@pytest.mark.parametrize('hw', [(8, 12), (7, 5), (1, 1), (2, 9), (13, 1)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_octave_pool_and_spread_equal_pytorch(hw, dtype):
+    """Pool = avg_pool2d(2, ceil_mode, count_include_pad=False); spread = nearest x2 upsampling
+    cropped (repeat_interleave), written or added, scaled; spread with mean_adjoint = the
+    autograd adjoint of that avg_pool2d. Inputs and outputs are channel slices."""
+    gen = torch.Generator().manual_seed(hw[0] * 31 + hw[1])
+    x, low_size = _octave_maps(*hw, dtype, gen)
+    tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    out = torch.zeros(2, 9, *low_size, dtype=dtype)[:, 3:7]
+    cpu_kernels.octave_pool_into(x, out)
+    torch.testing.assert_close(out, F.avg_pool2d(x, 2, 2, ceil_mode=True,
+                                                 count_include_pad=False), **tol)
+
+    low = torch.randn(2, 4, *low_size, dtype=dtype, generator=gen)
+    up = low.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :hw[0], :hw[1]]
+    big = torch.randn(2, 6, *hw, dtype=dtype, generator=gen)
+    dst = big[:, 1:5]
+    big_before = big.clone()
+    before = dst.clone()
+    cpu_kernels.octave_spread(low, dst, alpha=0.7, accumulate=True)
+    torch.testing.assert_close(dst, before + 0.7 * up, **tol)
+    cpu_kernels.octave_spread(low, dst)
+    torch.testing.assert_close(dst, up, **tol)
+    assert torch.equal(big[:, 0], big_before[:, 0]) and torch.equal(big[:, 5], big_before[:, 5])
+
+    xr = x.detach().clone().requires_grad_()
+    F.avg_pool2d(xr, 2, 2, ceil_mode=True, count_include_pad=False).backward(low)
+    adj = torch.full_like(x, float('nan'))
+    cpu_kernels.octave_spread(low, adj, mean_adjoint=True)
+    torch.testing.assert_close(adj, xr.grad, **tol)
+
+
+@needs_ext
+def test_octave_kernels_reject_bad_maps():
+    x = torch.randn(1, 2, 6, 6)
+    with pytest.raises(RuntimeError, match='contiguous rows'):
+        cpu_kernels.octave_pool_into(x.to(memory_format=torch.channels_last),
+                                     torch.empty(1, 2, 3, 3))
+    with pytest.raises(RuntimeError, match='ceil-half'):
+        cpu_kernels.octave_spread(torch.randn(1, 2, 2, 3), x)
+
+
+@needs_ext
+@pytest.mark.parametrize('case', [
+    dict(k=1, hw=(12, 10)), dict(k=1, hw=(9, 7), stride=2), dict(k=3, hw=(11, 14)),
+    dict(k=1, hw=(5, 6), alphas=(0.5, 0.0)), dict(k=3, hw=(8, 8), alphas=(0.0, 0.5)),
+])
+def test_octave_dropin_with_kernels_equals_without(case, monkeypatch):
+    """The drop-in OctaveConv's output and gradients, C++ resampling vs tensor ops."""
+    torch.manual_seed(0)
+    ai, ao = case.get('alphas', (0.5, 0.5))
+    layer = OctaveConv(8, 8, case['k'], case.get('stride', 1), alpha_in=ai, alpha_out=ao)
+    x = torch.randn(3, 8, *case['hw'], requires_grad=True)
+
+    def run():
+        y = layer(x)
+        g = torch.autograd.grad(y, [x] + list(layer.parameters()), torch.randn(
+            y.shape, generator=torch.Generator().manual_seed(1)))
+        return [y] + list(g)
+
+    fast = run()
+    monkeypatch.setattr(cpu_kernels, 'AVAILABLE', False)
+    slow = run()
+    for a, b in zip(fast, slow):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max()

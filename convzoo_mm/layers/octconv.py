@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import eager
+from ..ops import cpu_kernels, eager
 from ..registry import register
 from .checks import (check_choice, check_float, check_input, check_int, check_same_padding,
                      check_square, known_options)
@@ -110,6 +110,9 @@ def _add_up(y: torch.Tensor, low: torch.Tensor, out: Optional[torch.Tensor] = No
     of size ``ceil(H/2) x ceil(W/2)``: four strided adds, one per position in the 2x2 window,
     each with the rows/columns of ``low`` it covers (a 6-d broadcast add has an inner loop of 2
     and is 2-3x slower on CPU; the upsampled map is never built)."""
+    if out is None and y.dtype == low.dtype and cpu_kernels.rows_contiguous(y, low):
+        cpu_kernels.octave_spread(low, y, alpha, accumulate=True)  # one pass (C++)
+        return
     h, w = y.shape[-2:]
     for i in (0, 1):
         for j in (0, 1):
@@ -333,6 +336,9 @@ def _path_bwd(g, x, w, padding, dilation, need_x, gw_out, gb_out):
 
 def _pool_into(x: torch.Tensor, out: torch.Tensor) -> None:
     """``out = octave_pool(x)`` written into ``out`` (e.g. a channel slice of a larger map)."""
+    if cpu_kernels.rows_contiguous(x, out) and x.dtype == out.dtype:
+        cpu_kernels.octave_pool_into(x, out)  # one pass (C++)
+        return
     if not _is_even(x):
         out.copy_(F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False))
         return
@@ -364,6 +370,10 @@ def _pool_grad(gp: torch.Tensor, size: Sequence[int], acc: Optional[torch.Tensor
     """The adjoint of :func:`octave_pool` (output size ``size``) applied to ``gp``, added into
     ``acc`` in place if given."""
     h, w = size
+    if cpu_kernels.rows_contiguous(gp) and (acc is None or cpu_kernels.rows_contiguous(acc)):
+        out = gp.new_empty(*gp.shape[:2], h, w) if acc is None else acc
+        cpu_kernels.octave_spread(gp, out, accumulate=acc is not None, mean_adjoint=True)
+        return out
     if h % 2 == 0 and w % 2 == 0:
         if acc is None:
             return _broadcast_2x2(gp * 0.25)
@@ -490,6 +500,9 @@ class _FusedOctaveConv(torch.autograd.Function):
 def _upsample_into(low: torch.Tensor, out: torch.Tensor) -> None:
     """``out = octave_upsample(low, out.shape[-2:])`` written into ``out`` (e.g. a channel slice
     of the merged output) in two copies that write whole rows: columns doubled, then rows."""
+    if low.dtype == out.dtype and cpu_kernels.rows_contiguous(low, out):
+        cpu_kernels.octave_spread(low, out)  # one pass (C++)
+        return
     n, c, h, w = low.shape
     size = out.shape[-2:]
     cols = low.unsqueeze(-1).expand(n, c, h, w, 2).reshape(n, c, h, 2 * w)[..., :size[1]]
@@ -555,7 +568,10 @@ class _FusedOctaveDropIn(torch.autograd.Function):
                              memory_format=_memory_format(p))
             gx[:, :i_h].copy_(gx_h)
             if has_low_in:
-                gx[:, i_h:].copy_(_pool_grad(gx_l, size))
+                if cpu_kernels.rows_contiguous(gx, gx_l):
+                    cpu_kernels.octave_spread(gx_l, gx[:, i_h:], mean_adjoint=True)
+                else:
+                    gx[:, i_h:].copy_(_pool_grad(gx_l, size))
             if ctx.to_cl:
                 gx = gx.contiguous()
         return gx, gw, gb, None, None, None, None, None

@@ -1,4 +1,4 @@
-"""C++ CPU kernels behind WTConv's and DRConv's CPU fast paths (``ops/csrc/cpu_kernels.cpp``).
+"""C++ CPU kernels behind the layers' CPU fast paths (``convzoo_mm/ops/csrc/cpu_kernels.cpp``).
 
 Why they are fast (float32/float64, channels_last data):
 
@@ -11,6 +11,9 @@ Why they are fast (float32/float64, channels_last data):
   (slices, adds, stacks); :func:`haar_analysis_cl` / :func:`haar_synthesis_cl` write each output
   once, zero-pad odd sizes implicitly, crop while writing, read the previous level's LL band in
   place and add the base conv's output on the way out.
+* **OctaveConv's resampling.** :func:`octave_pool_into` / :func:`octave_spread` pool 2x2 (ceil
+  mode), upsample x2 (cropped) and apply their adjoints in one pass each, written or added into
+  channel slices of the drop-in layer's merged maps; as tensor ops each was 2-4 strided passes.
 * **DRConv's region tap mix.** :func:`region_tap_mix` writes, for one region's positions, the
   paper generator's tap-mixed input ``U`` straight from the padded sample, instead of an im2col
   copy, a row gather and a batched matmul of tiny matrices (~30% of the forward at m=8).
@@ -35,7 +38,8 @@ except ImportError:  # not built (installed without a compiler): the PyTorch pat
 AVAILABLE = _C is not None
 
 __all__ = ['AVAILABLE', 'applies', 'depthwise_conv2d', 'depthwise_weight_grad',
-           'haar_analysis_cl', 'haar_synthesis_cl', 'region_tap_mix']
+           'haar_analysis_cl', 'haar_synthesis_cl', 'octave_pool_into', 'octave_spread',
+           'rows_contiguous', 'region_tap_mix']
 
 
 def applies(*tensors: Optional[torch.Tensor]) -> bool:
@@ -64,6 +68,28 @@ def haar_synthesis_cl(bands: torch.Tensor, extra: Optional[torch.Tensor], size: 
     added to LL first, cropped to ``size`` = (H, W), plus ``add`` (N, C, H, W): (N, H, W, C)
     contiguous."""
     return _C.haar_synthesis(bands, extra, add, int(size[0]), int(size[1]))
+
+
+def rows_contiguous(*tensors: torch.Tensor) -> bool:
+    """Whether the resampling kernels take these (N, C, H, W) maps: :func:`applies` and rows
+    contiguous in memory (NCHW maps and their channel slices, not channels_last)."""
+    return applies(*tensors) and all(t.dim() == 4 and (t.stride(3) == 1 or t.shape[3] == 1)
+                                      for t in tensors)
+
+
+def octave_pool_into(x: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` (N, C, ceil(H/2), ceil(W/2)) = 2x2 means of ``x`` (N, C, H, W) in ceil mode (a
+    partial border window averages the pixels it covers); see :func:`rows_contiguous`."""
+    _C.octave_pool(x, out)
+
+
+def octave_spread(low: torch.Tensor, out: torch.Tensor, alpha: float = 1.0,
+                  accumulate: bool = False, mean_adjoint: bool = False) -> None:
+    """``out`` (N, C, H, W) = (``accumulate``: +=) ``alpha * low[..., y // 2, x // 2]``:
+    nearest x2 upsampling of ``low`` (N, C, ceil(H/2), ceil(W/2)) cropped to ``out``; with
+    ``mean_adjoint`` each window's value is divided by its pixel count (the adjoint of
+    :func:`octave_pool_into`)."""
+    _C.octave_spread(low, out, float(alpha), bool(accumulate), bool(mean_adjoint))
 
 
 def region_tap_mix(xp: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, kernel_size: int,

@@ -1,4 +1,4 @@
-// CPU kernels of WTConv's and DRConv's fast paths (convzoo_mm/ops/cpu_kernels.py).
+// CPU kernels of WTConv's, OctaveConv's and DRConv's fast paths (convzoo_mm/ops/cpu_kernels.py).
 //
 // 1. Weight gradient of a stride-1 depthwise conv. Why: PyTorch's CPU depthwise conv runs the
 // weight gradient through oneDNN, which is 5-40x slower than the forward at WTConv's shapes (many
@@ -14,7 +14,12 @@
 // ~10 full-size passes (slices, adds, stacks); here each output element is written once, odd
 // sizes are zero-padded implicitly (no padded copy) and the inverse crops as it writes.
 //
-// 3. DRConv's region tap mix (region_kernel.h): the paper generator's filter of one (sample,
+// 3. OctaveConv's resampling (pool 2x2 in ceil mode, nearest x2 upsampling cropped, and their
+// adjoints, written or added into channel slices). Why: as tensor ops each is 2-4 strided passes
+// with inner loops of stride 2; the drop-in 1x1 layer is memory-bound and these passes decided
+// whether it beats the plain conv.
+//
+// 4. DRConv's region tap mix (region_kernel.h): the paper generator's filter of one (sample,
 // region) is W^T = coef^T @ bank, so a region's output is U @ bank with U = coef mixing the k*k
 // taps of each position. Why: as tensor ops U needs an im2col copy, a row gather per region and a
 // batched matmul of tiny (B x k*k) matrices, together ~30% of DRConv's forward at m=8; here U
@@ -219,6 +224,92 @@ at::Tensor haar_synthesis(const at::Tensor& bands, const c10::optional<at::Tenso
   return out;
 }
 
+// ------------------------------------------------------------------ OctaveConv resampling
+// (N, C, H, W) tensors with contiguous rows (stride(3) == 1) and any other strides (e.g. channel
+// slices of NCHW maps). The low size of H is ceil(H/2): a window at an odd border covers 1 or 2
+// pixels and the mean divides by that count (avg_pool2d, ceil_mode, count_include_pad=False).
+static void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 4 && (t.stride(3) == 1 || t.size(3) == 1),
+              "octave resampling: ", name, " must be a 4-d CPU tensor with contiguous rows, got ",
+              t.sizes(), " with strides ", t.strides());
+}
+
+static void check_pair(const at::Tensor& low, const at::Tensor& high) {
+  check_rows(low, "the low map");
+  check_rows(high, "the high map");
+  TORCH_CHECK(low.scalar_type() == high.scalar_type() && low.size(0) == high.size(0) &&
+              low.size(1) == high.size(1) && low.size(2) == (high.size(2) + 1) / 2 &&
+              low.size(3) == (high.size(3) + 1) / 2,
+              "octave resampling: low map ", low.sizes(), " is not the ceil-half of ",
+              high.sizes());
+}
+
+// out (N, C, ceil(H/2), ceil(W/2)) = 2x2 means of x (N, C, H, W).
+void octave_pool(const at::Tensor& x, at::Tensor out) {
+  check_pair(out, x);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t h = out.size(2), w2 = W / 2;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "octave_pool", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N * C * h, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / (C * h), c = (r / h) % C, i = r % h;
+        const scalar_t* a = xp + n * x.stride(0) + c * x.stride(1) + 2 * i * x.stride(2);
+        scalar_t* o = op + n * out.stride(0) + c * out.stride(1) + i * out.stride(2);
+        if (2 * i + 1 < H) {
+          const scalar_t* b = a + x.stride(2);
+          for (int64_t j = 0; j < w2; ++j)
+            o[j] = (a[2 * j] + a[2 * j + 1] + b[2 * j] + b[2 * j + 1]) * scalar_t(0.25);
+          if (W % 2) o[w2] = (a[W - 1] + b[W - 1]) * scalar_t(0.5);
+        } else {
+          for (int64_t j = 0; j < w2; ++j) o[j] = (a[2 * j] + a[2 * j + 1]) * scalar_t(0.5);
+          if (W % 2) o[w2] = a[W - 1];
+        }
+      }
+    });
+  });
+}
+
+// out (N, C, H, W) = (or +=, if accumulate) scale * low[.., y / 2, x / 2], with scale = alpha,
+// divided by the window's pixel count if mean_adjoint (then it is the adjoint of octave_pool).
+void octave_spread(const at::Tensor& low, at::Tensor out, double alpha, bool accumulate,
+                   bool mean_adjoint) {
+  check_pair(low, out);
+  const int64_t N = out.size(0), C = out.size(1), H = out.size(2), W = out.size(3);
+  const int64_t w2 = W / 2;
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "octave_spread", [&] {
+    const scalar_t* lp = low.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N * C * H, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / (C * H), c = (r / H) % C, y = r % H;
+        const scalar_t* l = lp + n * low.stride(0) + c * low.stride(1) + (y / 2) * low.stride(2);
+        scalar_t* o = op + n * out.stride(0) + c * out.stride(1) + y * out.stride(2);
+        // full windows: 4 pixels (2 at the last row of an odd height); the odd last column: half
+        const bool full_rows = 2 * (y / 2) + 1 < H;
+        const scalar_t s = scalar_t(mean_adjoint ? alpha / (full_rows ? 4 : 2) : alpha);
+        const scalar_t s_last = mean_adjoint ? s * scalar_t(2) : s;
+        if (accumulate) {
+          for (int64_t j = 0; j < w2; ++j) {
+            const scalar_t v = l[j] * s;
+            o[2 * j] += v;
+            o[2 * j + 1] += v;
+          }
+          if (W % 2) o[W - 1] += l[w2] * s_last;
+        } else {
+          for (int64_t j = 0; j < w2; ++j) {
+            const scalar_t v = l[j] * s;
+            o[2 * j] = v;
+            o[2 * j + 1] = v;
+          }
+          if (W % 2) o[W - 1] = l[w2] * s_last;
+        }
+      }
+    });
+  });
+}
+
 // ------------------------------------------------------------------------ DRConv region tap mix
 // xp: padded sample (Hp, Wp, C) contiguous; pos: (J,) int64 output positions (y * Wo + x) of
 // one region; coef: (B, k*k) -> u (G, J, B, C/G), see region_kernel.h.
@@ -271,6 +362,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(height, width), plus add -> (N, height, width, C)",
         pybind11::arg("bands"), pybind11::arg("extra"), pybind11::arg("add"),
         pybind11::arg("height"), pybind11::arg("width"));
+  m.def("octave_pool", &octave_pool,
+        "out = 2x2 means of x in ceil mode (both with contiguous rows, any other strides)",
+        pybind11::arg("x"), pybind11::arg("out"));
+  m.def("octave_spread", &octave_spread,
+        "out (+)= alpha * nearest x2 upsampling of low cropped to out (divided by each window's "
+        "pixel count if mean_adjoint: the adjoint of octave_pool)",
+        pybind11::arg("low"), pybind11::arg("out"), pybind11::arg("alpha"),
+        pybind11::arg("accumulate"), pybind11::arg("mean_adjoint"));
   m.def("region_tap_mix", &region_tap_mix,
         "DRConv: u[g, j, b, c] = sum_t coef[b, t] * tap t of output position pos[j] in the "
         "padded channels-last sample xp",
