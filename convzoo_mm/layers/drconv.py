@@ -173,8 +173,8 @@ def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, t
     matmul with inner size ``B*Cg`` instead of ``k*k*Cg``, no filter to write. Used in the
     forward whenever ``B <= k*k`` (m <= 8 at k=3 with the default h = m*m) and the C++ tap mix
     cannot run (no extension, GPU, half precision); otherwise the filter is built. The backward
-    always builds the
-    filter: ``U`` over all positions for the guide gradient costs more than it saves on CPU.
+    builds the filter, except for the guide gradient's responses when ``B < k*k`` and the C++
+    tap mix runs (``U`` over all positions as tensor ops costs more than it saves).
     """
     g, rows, kk_cg = cols.shape
     if tapwise and coef.shape[0] <= coef.shape[1]:
@@ -241,6 +241,14 @@ class _RegionConv(torch.autograd.Function):
         grad_bank = torch.zeros_like(bank) if need_bank else None
         # per-sample buffers, reused (fresh multi-MB tensors per region cost page faults)
         xp = cols = grad_cols = grad_xp = w_t = resp = gw_t = None
+        # paper generator with fewer bases than taps (m < 8 at k=3): every region's response
+        # for the guide gradient as U @ bank (inner size B*Cg < k*k*Cg), U from the C++ tap mix
+        mix = (need_soft and tapwise and coef.shape[-2] < coef.shape[-1]
+               and cpu_kernels.applies(x, coef, bank))
+        if mix:
+            cg = x.shape[1] // groups
+            banks = [_bank_grouped(bank[r], groups, cg) for r in range(m)]
+            every = torch.arange(ho * wo, device=x.device)
         for i in range(n):
             xp = pad_nhwc(x[i:i + 1], padding, xp)
             cols = im2col_t(xp[0], k, stride, dilation, (ho, wo), groups, cols)
@@ -256,8 +264,13 @@ class _RegionConv(torch.autograd.Function):
                                           out_channels, w_t)
                 w_g = _grouped(w_t, groups)
                 if need_soft:  # <g, y_r> for every region r: all m responses are needed
-                    resp = torch.bmm(cols, w_g, out=resp) if resp is not None else torch.bmm(
-                        cols, w_g)
+                    if mix:
+                        u = cpu_kernels.region_tap_mix(xp[0], every, coef[i, r], k, stride,
+                                                       dilation, (ho, wo), groups)
+                        a, b = u.view(groups, ho * wo, -1), banks[r]
+                    else:
+                        a, b = cols, w_g
+                    resp = torch.bmm(a, b, out=resp) if resp is not None else torch.bmm(a, b)
                     grad_soft[i, r] = resp.mul_(g).sum((0, 2))
                 if r not in rows:
                     continue
