@@ -95,15 +95,6 @@ def _sum_2x2(x: torch.Tensor) -> torch.Tensor:
     return torch.add(rows[..., 0::2], rows[..., 1::2])
 
 
-def _broadcast_2x2(g: torch.Tensor) -> torch.Tensor:
-    """Each pixel repeated over a 2x2 window (nearest x2 upsampling) in two copies that both
-    write whole rows: columns doubled, then rows (a single broadcast copy has an inner loop
-    of 2)."""
-    n, c, h, w = g.shape
-    cols = g.unsqueeze(-1).expand(n, c, h, w, 2).reshape(n, c, h, 2 * w)
-    return cols.unsqueeze(-2).expand(n, c, h, 2, 2 * w).reshape(n, c, 2 * h, 2 * w)
-
-
 def _add_up(y: torch.Tensor, low: torch.Tensor, out: Optional[torch.Tensor] = None,
             alpha: float = 1) -> None:
     """``out = y + alpha * octave_upsample(low, y.shape[-2:])`` (``out=None``: in place), ``low``
@@ -121,6 +112,23 @@ def _add_up(y: torch.Tensor, low: torch.Tensor, out: Optional[torch.Tensor] = No
                 y[..., i::2, j::2].add_(lo, alpha=alpha)
             else:
                 torch.add(y[..., i::2, j::2], lo, alpha=alpha, out=out[..., i::2, j::2])
+
+
+def _upsample_into(low: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = octave_upsample(low, out.shape[-2:])`` written into ``out`` (e.g. a channel slice
+    of the merged output): one pass in C++, else two copies that write whole rows (columns
+    doubled, then rows; a single broadcast copy has an inner loop of 2)."""
+    if low.dtype == out.dtype and cpu_kernels.rows_contiguous(low, out):
+        cpu_kernels.octave_spread(low, out)  # one pass (C++)
+        return
+    n, c, h, w = low.shape
+    size = out.shape[-2:]
+    cols = low.unsqueeze(-1).expand(n, c, h, w, 2).reshape(n, c, h, 2 * w)[..., :size[1]]
+    if size[0] == 2 * h:
+        out.view(n, c, h, 2, size[1]).copy_(cols.unsqueeze(-2).expand(n, c, h, 2, size[1]))
+    else:  # odd height: even and odd rows separately
+        out[..., 0::2, :].copy_(cols)
+        out[..., 1::2, :].copy_(cols[..., :size[0] // 2, :])
 
 
 def _is_even(x: torch.Tensor) -> bool:
@@ -142,7 +150,7 @@ class _PoolEven(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        return _broadcast_2x2(g * 0.25)
+        return _pool_grad(g, (2 * g.shape[-2], 2 * g.shape[-1]))
 
 
 def _eager_grad(*tensors) -> bool:
@@ -365,23 +373,29 @@ def _pool_cat(x_h: torch.Tensor, x_l: Optional[torch.Tensor]) -> torch.Tensor:
     return p
 
 
-def _pool_grad(gp: torch.Tensor, size: Sequence[int], acc: Optional[torch.Tensor] = None
-               ) -> torch.Tensor:
-    """The adjoint of :func:`octave_pool` (output size ``size``) applied to ``gp``, added into
-    ``acc`` in place if given."""
+def _pool_grad(gp: torch.Tensor, size: Sequence[int], out: Optional[torch.Tensor] = None,
+               accumulate: bool = False) -> torch.Tensor:
+    """The adjoint of :func:`octave_pool` (output size ``size``) applied to ``gp``: written into
+    ``out`` (added to it if ``accumulate``; e.g. a channel slice of a larger gradient), or into
+    a new tensor."""
     h, w = size
-    if cpu_kernels.rows_contiguous(gp) and (acc is None or cpu_kernels.rows_contiguous(acc)):
-        out = gp.new_empty(*gp.shape[:2], h, w) if acc is None else acc
-        cpu_kernels.octave_spread(gp, out, accumulate=acc is not None, mean_adjoint=True)
+    even = h % 2 == 0 and w % 2 == 0
+    if out is None and (even or cpu_kernels.rows_contiguous(gp)):
+        out, accumulate = gp.new_empty(*gp.shape[:2], h, w), False
+    if out is not None and gp.dtype == out.dtype and cpu_kernels.rows_contiguous(gp, out):
+        cpu_kernels.octave_spread(gp, out, accumulate=accumulate, mean_adjoint=True)
         return out
-    if h % 2 == 0 and w % 2 == 0:
-        if acc is None:
-            return _broadcast_2x2(gp * 0.25)
-        _add_up(acc, gp, alpha=0.25)
-        return acc
+    if even:  # each window's gradient / 4, spread over it
+        if accumulate:
+            _add_up(out, gp, alpha=0.25)
+        else:
+            _upsample_into(gp * 0.25, out)
+        return out
     g = torch.ops.aten.avg_pool2d_backward(gp, gp.new_empty(*gp.shape[:2], h, w), [2, 2],
                                            [2, 2], [0, 0], True, False, None)
-    return g if acc is None else acc.add_(g)
+    if out is None:
+        return g
+    return out.add_(g) if accumulate else out.copy_(g)
 
 
 def _up_grad(g: torch.Tensor) -> torch.Tensor:
@@ -450,7 +464,7 @@ def _fused_backward(needs, g_h, g_l, x_h, x_l, weight, p, q, cfg):
         if rows[1]:
             gp = path(g_l, p, w_l, need_xh or need_xl, gw_l, gb_l)
             if need_xh:
-                gx_h = _pool_grad(gp[:, :i_h], size_h, gx_h)
+                gx_h = _pool_grad(gp[:, :i_h], size_h, gx_h, accumulate=True)
             if need_xl:
                 gx_l.add_(gp[:, i_h:])
     else:
@@ -459,7 +473,7 @@ def _fused_backward(needs, g_h, g_l, x_h, x_l, weight, p, q, cfg):
         if q is not None:
             gq = path(g_l, q, w_l, need_p, gw_l, gb_l)
             if need_p:
-                gp = _pool_grad(gq, p.shape[-2:], gp)
+                gp = _pool_grad(gq, p.shape[-2:], gp, accumulate=True)
         gx_h = _pool_grad(gp[:, :i_h], size_h) if need_xh else None
         gx_l = gp[:, i_h:] if need_xl else None
     return gx_h, gx_l, gw, gb
@@ -495,22 +509,6 @@ class _FusedOctaveConv(torch.autograd.Function):
         gx_h, gx_l, gw, gb = _fused_backward(ctx.needs_input_grad[:4], g_h, g_l, x_h, x_l,
                                              weight, p, q, ctx.cfg)
         return gx_h, gx_l, gw, gb, None, None, None, None
-
-
-def _upsample_into(low: torch.Tensor, out: torch.Tensor) -> None:
-    """``out = octave_upsample(low, out.shape[-2:])`` written into ``out`` (e.g. a channel slice
-    of the merged output) in two copies that write whole rows: columns doubled, then rows."""
-    if low.dtype == out.dtype and cpu_kernels.rows_contiguous(low, out):
-        cpu_kernels.octave_spread(low, out)  # one pass (C++)
-        return
-    n, c, h, w = low.shape
-    size = out.shape[-2:]
-    cols = low.unsqueeze(-1).expand(n, c, h, w, 2).reshape(n, c, h, 2 * w)[..., :size[1]]
-    if size[0] == 2 * h:
-        out.view(n, c, h, 2, size[1]).copy_(cols.unsqueeze(-2).expand(n, c, h, 2, size[1]))
-    else:  # odd height: even and odd rows separately
-        out[..., 0::2, :].copy_(cols)
-        out[..., 1::2, :].copy_(cols[..., :size[0] // 2, :])
 
 
 class _FusedOctaveDropIn(torch.autograd.Function):
@@ -568,10 +566,7 @@ class _FusedOctaveDropIn(torch.autograd.Function):
                              memory_format=_memory_format(p))
             gx[:, :i_h].copy_(gx_h)
             if has_low_in:
-                if cpu_kernels.rows_contiguous(gx, gx_l):
-                    cpu_kernels.octave_spread(gx_l, gx[:, i_h:], mean_adjoint=True)
-                else:
-                    gx[:, i_h:].copy_(_pool_grad(gx_l, size))
+                _pool_grad(gx_l, size, gx[:, i_h:])
             if ctx.to_cl:
                 gx = gx.contiguous()
         return gx, gw, gb, None, None, None, None, None
@@ -728,9 +723,9 @@ def octave_norm(norm: nn.Module, x: OctTensor) -> OctTensor:
     Statistics are per branch (high over H x W, low over ceil(H/2) x ceil(W/2)) with the
     parameters/buffers of channels ``[:C_h]`` and ``[C_h:]``: so ONE norm module of the plain
     layer's width serves both branches and plain checkpoints load with the same names.
-    ``nn.BatchNorm2d`` runs through ``F.batch_norm`` on channel splits; other norms (SyncBN, GN) through
-    ``torch.func.functional_call`` with sliced state (GN then needs its groups to divide each
-    branch).
+    ``nn.BatchNorm2d`` runs through ``F.batch_norm`` on channel splits; other norms (SyncBN,
+    GN) through ``torch.func.functional_call`` with sliced state (GN then needs its groups to
+    divide each branch).
     """
     if isinstance(x, torch.Tensor):
         return norm(x)

@@ -1,6 +1,6 @@
 """C++ CPU kernels behind the layers' CPU fast paths (``convzoo_mm/ops/csrc/cpu_kernels.cpp``).
 
-Why they are fast (float32/float64, channels_last data):
+Why they are fast (float32/float64 on CPU):
 
 * **Depthwise weight gradient.** PyTorch computes a CPU depthwise conv's weight gradient through
   oneDNN, 5-40x slower than the forward at WTConv's shapes; it dominated a training step, in our
