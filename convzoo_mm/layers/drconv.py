@@ -164,6 +164,18 @@ def _bank_grouped(bank: torch.Tensor, groups: int, cg: int) -> torch.Tensor:
     return bank.view(nb, cg, groups, -1).permute(2, 0, 1, 3).reshape(groups, nb * cg, -1)
 
 
+def _tap_mix_banks(x: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
+                   groups: int, fewer_bases: bool) -> Optional[list]:
+    """Each region's :func:`_bank_grouped` bank when the C++ tap mix computes ``U`` for this
+    call (paper generator on CPU, eager, float32/64, with ``B <= k*k`` bases, or ``B < k*k`` if
+    ``fewer_bases``: there ``U @ bank`` has the smaller inner size); else None."""
+    nb, taps = coef.shape[-2:]
+    if not (tapwise and (nb < taps if fewer_bases else nb <= taps)
+            and cpu_kernels.applies(x, coef, bank)):
+        return None
+    return [_bank_grouped(b, groups, x.shape[1] // groups) for b in bank]
+
+
 def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
                    groups: int, out_channels: int) -> torch.Tensor:
     """``cols (groups, L', k*k*Cg) -> (groups, L', out/groups)`` for one (sample, region).
@@ -198,12 +210,11 @@ class _RegionConv(torch.autograd.Function):
         k, stride, padding, dilation, groups, out_channels, tapwise = meta
         n, m = x.shape[0], soft.shape[1]
         ho, wo = region.shape[-2:]
-        og, cg = out_channels // groups, x.shape[1] // groups
+        og = out_channels // groups
         out = x.new_empty(n, groups, ho * wo, og)
-        # paper generator with B <= k*k bases on CPU: U straight from the padded input (C++)
-        mix = (tapwise and coef.shape[-2] <= coef.shape[-1]
-               and cpu_kernels.applies(x, coef, bank))
-        banks = [_bank_grouped(bank[r], groups, cg) for r in range(m)] if mix else None
+        # paper generator on CPU: U straight from the padded input (C++)
+        banks = _tap_mix_banks(x, coef, bank, tapwise, groups, fewer_bases=False)
+        mix = banks is not None
         xp = cols = None  # per-sample buffers, reused
         for i in range(n):  # one sample at a time: O(one im2col) of temporary memory
             xp = pad_nhwc(x[i:i + 1], padding, xp)
@@ -243,12 +254,10 @@ class _RegionConv(torch.autograd.Function):
         xp = cols = grad_cols = grad_xp = w_t = resp = gw_t = None
         # paper generator with fewer bases than taps (m < 8 at k=3): every region's response
         # for the guide gradient as U @ bank (inner size B*Cg < k*k*Cg), U from the C++ tap mix
-        mix = (need_soft and tapwise and coef.shape[-2] < coef.shape[-1]
-               and cpu_kernels.applies(x, coef, bank))
-        if mix:
-            cg = x.shape[1] // groups
-            banks = [_bank_grouped(bank[r], groups, cg) for r in range(m)]
-            every = torch.arange(ho * wo, device=x.device)
+        banks = _tap_mix_banks(x, coef, bank, tapwise, groups, fewer_bases=True) if need_soft \
+            else None
+        mix = banks is not None
+        every = torch.arange(ho * wo, device=x.device) if mix else None
         for i in range(n):
             xp = pad_nhwc(x[i:i + 1], padding, xp)
             cols = im2col_t(xp[0], k, stride, dilation, (ho, wo), groups, cols)
