@@ -200,13 +200,20 @@ def test_region_tap_mix_equals_unfold(case, dtype):
     assert ours.shape == (groups, pos.numel(), nb, c // groups)
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours, ref, **tol)
+    buf = torch.full(ref.shape, float('nan'), dtype=dtype)  # reused buffer: all written
+    into = cpu_kernels.region_tap_mix(xp, pos, coef, k, s, d, (ho, wo), groups, out=buf)
+    assert into.data_ptr() == buf.data_ptr()
+    torch.testing.assert_close(buf, ref, **tol)
 
 
 @needs_ext
-def test_region_tap_mix_rejects_out_of_range_positions():
+def test_region_tap_mix_rejects_bad_positions_and_out():
     xp, coef = torch.randn(5, 5, 4), torch.randn(3, 9)
     with pytest.raises(RuntimeError, match='position out of range'):
         cpu_kernels.region_tap_mix(xp, torch.tensor([0, 9]), coef, 3, 1, 1, (3, 3), 1)
+    with pytest.raises(RuntimeError, match=r'out must be a contiguous \(1, 2, 3, 4\)'):
+        cpu_kernels.region_tap_mix(xp, torch.tensor([0, 8]), coef, 3, 1, 1, (3, 3), 1,
+                                   out=torch.empty(1, 3, 3, 4))
 
 
 @needs_ext
@@ -228,7 +235,7 @@ def test_drconv_with_kernel_equals_drconv_without(case, monkeypatch):
     calls = []  # whether the extension counted as available at each kernel call
     real = cpu_kernels.region_tap_mix
     monkeypatch.setattr(cpu_kernels, 'region_tap_mix',
-                        lambda *a: calls.append(cpu_kernels.AVAILABLE) or real(*a))
+                        lambda *a, **kw: calls.append(cpu_kernels.AVAILABLE) or real(*a, **kw))
     _same_with_and_without_kernels(layer, x, monkeypatch, 2e-5)
     assert calls and all(calls), 'the region tap mix kernel did not run (only) on the fast pass'
 

@@ -251,7 +251,7 @@ class _RegionConv(torch.autograd.Function):
         grad_coef = torch.zeros_like(coef) if need_coef else None
         grad_bank = torch.zeros_like(bank) if need_bank else None
         # per-sample buffers, reused (fresh multi-MB tensors per region cost page faults)
-        xp = cols = grad_cols = grad_xp = w_t = resp = gw_t = None
+        xp = cols = grad_cols = grad_xp = w_t = resp = gw_t = u = None
         # paper generator with fewer bases than taps (m < 8 at k=3): every region's response
         # for the guide gradient as U @ bank (inner size B*Cg < k*k*Cg), U from the C++ tap mix
         banks = _tap_mix_banks(x, coef, bank, tapwise, groups, fewer_bases=True) if need_soft \
@@ -275,7 +275,7 @@ class _RegionConv(torch.autograd.Function):
                 if need_soft:  # <g, y_r> for every region r: all m responses are needed
                     if mix:
                         u = cpu_kernels.region_tap_mix(xp[0], every, coef[i, r], k, stride,
-                                                       dilation, (ho, wo), groups)
+                                                       dilation, (ho, wo), groups, out=u)
                         a, b = u.view(groups, ho * wo, -1), banks[r]
                     else:
                         a, b = cols, w_g

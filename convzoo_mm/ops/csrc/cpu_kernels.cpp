@@ -315,7 +315,7 @@ void octave_spread(const at::Tensor& low, at::Tensor out, double alpha, bool acc
 // one region; coef: (B, k*k) -> u (G, J, B, C/G), see region_kernel.h.
 at::Tensor region_tap_mix(const at::Tensor& xp, const at::Tensor& pos, const at::Tensor& coef,
                           int64_t k, int64_t stride, int64_t dilation, int64_t Ho, int64_t Wo,
-                          int64_t groups) {
+                          int64_t groups, const c10::optional<at::Tensor>& out) {
   TORCH_CHECK(xp.device().is_cpu() && xp.dim() == 3 && xp.is_contiguous(),
               "region_tap_mix: xp must be a contiguous (Hp, Wp, C) CPU tensor");
   TORCH_CHECK(pos.dim() == 1 && pos.scalar_type() == at::kLong && pos.is_contiguous(),
@@ -332,7 +332,17 @@ at::Tensor region_tap_mix(const at::Tensor& xp, const at::Tensor& pos, const at:
   for (int64_t j = 0; j < J; ++j)
     TORCH_CHECK(pp[j] >= 0 && pp[j] < Ho * Wo, "region_tap_mix: position out of range");
   const at::Tensor cf = coef.contiguous();
-  at::Tensor u = at::empty({groups, J, B, C / groups}, xp.options());
+  const std::vector<int64_t> shape{groups, J, B, C / groups};
+  at::Tensor u;
+  if (out.has_value()) {
+    u = *out;
+    TORCH_CHECK(u.is_contiguous() && u.scalar_type() == xp.scalar_type() && u.device().is_cpu() &&
+                    u.sizes() == at::IntArrayRef(shape),
+                "region_tap_mix: out must be a contiguous (", groups, ", ", J, ", ", B, ", ",
+                C / groups, ") CPU tensor of xp's dtype, got ", u.sizes());
+  } else {
+    u = at::empty(shape, xp.options());
+  }
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "region_tap_mix", [&] {
     const scalar_t* x = xp.data_ptr<scalar_t>();
     const scalar_t* c = cf.data_ptr<scalar_t>();
@@ -375,5 +385,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "padded channels-last sample xp",
         pybind11::arg("xp"), pybind11::arg("pos"), pybind11::arg("coef"),
         pybind11::arg("kernel_size"), pybind11::arg("stride"), pybind11::arg("dilation"),
-        pybind11::arg("out_height"), pybind11::arg("out_width"), pybind11::arg("groups"));
+        pybind11::arg("out_height"), pybind11::arg("out_width"), pybind11::arg("groups"),
+        pybind11::arg("out") = pybind11::none());
 }
