@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from convzoo_mm.layers import DRConv, OctaveConv, WTConv
+from convzoo_mm.layers import drconv as drconv_module
 from convzoo_mm.layers import wtconv as wtconv_mod
 from convzoo_mm.ops import cpu_kernels
 
@@ -177,26 +178,28 @@ def _same_with_and_without_kernels(layer, x, monkeypatch, rel):
 @needs_ext
 @pytest.mark.parametrize('case', [
     dict(c=16, k=3, bases=9),                                 # m=8 paper generator: 2 chunks
-    dict(c=13, k=3, bases=5, stride=2),                       # channel tail, m=4
+    dict(c=13, k=3, bases=5, stride=2, n=1),                  # channel tail, m=4, one sample
     dict(c=12, k=3, bases=1, dilation=2, groups=3),           # Cg=4: fewer than a vector
-    dict(c=24, k=5, bases=17, groups=2, stride=3),            # 3 chunks
+    dict(c=24, k=5, bases=17, groups=2, stride=3, n=2),       # 3 chunks
     dict(c=8, k=1, bases=2),
 ])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_region_tap_mix_equals_unfold(case, dtype):
-    """u[g, j, b, c] = sum_t coef[b, t] * tap t of position pos[j], against F.unfold (taps
-    ordered (ty, tx) per channel) on a random subset of positions in random order."""
+    """u[g, j, b, c] = sum_t coef[n, b, t] * tap t of position pos[j] (of sample n), against
+    F.unfold (taps ordered (ty, tx) per channel) on a random subset of the batch's positions in
+    random order; also in the one-sample form (xp 3-D, coef 2-D) and into a reused buffer."""
     gen = torch.Generator().manual_seed(case['c'] * 10 + case['bases'])
-    c, k, nb = case['c'], case['k'], case['bases']
+    c, k, nb, n = case['c'], case['k'], case['bases'], case.get('n', 3)
     s, d, groups = case.get('stride', 1), case.get('dilation', 1), case.get('groups', 1)
-    xp = torch.randn(11, 14, c, dtype=dtype, generator=gen)
+    xp = torch.randn(n, 11, 14, c, dtype=dtype, generator=gen)
     ho, wo = (11 - d * (k - 1) - 1) // s + 1, (14 - d * (k - 1) - 1) // s + 1
-    pos = torch.randperm(ho * wo, generator=gen)[:max(1, ho * wo // 3)]
-    coef = torch.randn(nb, k * k, dtype=dtype, generator=gen)
+    pos = torch.randperm(n * ho * wo, generator=gen)[:max(1, n * ho * wo // 3)]
+    coef = torch.randn(n, nb, k * k, dtype=dtype, generator=gen)
     ours = cpu_kernels.region_tap_mix(xp, pos, coef, k, s, d, (ho, wo), groups)
-    unf = F.unfold(xp.permute(2, 0, 1)[None], k, dilation=d, stride=s)[0]  # (C*k*k, L)
-    taps = unf.view(groups, c // groups, k * k, ho * wo)[..., pos]        # (G, Cg, T, J)
-    ref = torch.einsum('bt,gctj->gjbc', coef, taps)
+    unf = F.unfold(xp.permute(0, 3, 1, 2), k, dilation=d, stride=s)  # (N, C*k*k, L)
+    taps = unf.view(n, groups, c // groups, k * k, ho * wo).permute(1, 2, 3, 0, 4)
+    taps = taps.reshape(groups, c // groups, k * k, -1)[..., pos]      # (G, Cg, T, J)
+    ref = torch.einsum('jbt,gctj->gjbc', coef[pos // (ho * wo)], taps)
     assert ours.shape == (groups, pos.numel(), nb, c // groups)
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours, ref, **tol)
@@ -204,6 +207,10 @@ def test_region_tap_mix_equals_unfold(case, dtype):
     into = cpu_kernels.region_tap_mix(xp, pos, coef, k, s, d, (ho, wo), groups, out=buf)
     assert into.data_ptr() == buf.data_ptr()
     torch.testing.assert_close(buf, ref, **tol)
+    first = pos[pos < ho * wo]  # the one-sample form
+    torch.testing.assert_close(
+        cpu_kernels.region_tap_mix(xp[0], first, coef[0], k, s, d, (ho, wo), groups),
+        ref[:, pos < ho * wo], **tol)
 
 
 @needs_ext
@@ -211,6 +218,11 @@ def test_region_tap_mix_rejects_bad_positions_and_out():
     xp, coef = torch.randn(5, 5, 4), torch.randn(3, 9)
     with pytest.raises(RuntimeError, match='position out of range'):
         cpu_kernels.region_tap_mix(xp, torch.tensor([0, 9]), coef, 3, 1, 1, (3, 3), 1)
+    with pytest.raises(RuntimeError, match='position out of range'):  # 2 samples of 9
+        cpu_kernels.region_tap_mix(xp.expand(2, 5, 5, 4).contiguous(), torch.tensor([18]),
+                                   coef.expand(2, 3, 9), 3, 1, 1, (3, 3), 1)
+    with pytest.raises(RuntimeError, match=r'coef must be \(N, B, k\*k\)'):
+        cpu_kernels.region_tap_mix(xp[None], torch.tensor([0]), coef, 3, 1, 1, (3, 3), 1)
     with pytest.raises(RuntimeError, match=r'out must be a contiguous \(1, 2, 3, 4\)'):
         cpu_kernels.region_tap_mix(xp, torch.tensor([0, 8]), coef, 3, 1, 1, (3, 3), 1,
                                    out=torch.empty(1, 3, 3, 4))
@@ -219,19 +231,26 @@ def test_region_tap_mix_rejects_bad_positions_and_out():
 @needs_ext
 @pytest.mark.parametrize('case', [
     dict(m=8),                                          # B = 9 = k*k: the kernel runs
+    dict(m=8, channels_last=True, block=700),           # NHWC output, U in blocks of 1 row
     dict(m=4, stride=2, dilation=2, groups=2),          # B = 5
+    dict(m=4, groups=2, channels_last=True, block=5000),  # blocks of 15 rows
     dict(m=3, k=5, padding=1, groups=4, out=8),         # B = 4
 ])
 def test_drconv_with_kernel_equals_drconv_without(case, monkeypatch):
     """Outputs and every gradient of the paper-generator DRConv, region tap mix (C++) vs the
-    im2col + matmul tensor path (same module), and the kernel is really used."""
+    im2col + matmul tensor path (same module), and the kernel is really used; the forward's U
+    also in blocks of a few rows, and for channels-last inputs."""
+    monkeypatch.setattr(drconv_module, '_U_BLOCK_BYTES', case.get('block', 16 << 20))
     torch.manual_seed(0)
     k = case.get('k', 3)
     layer = DRConv(16, case.get('out', 16), k, case.get('stride', 1),
                    padding=case.get('padding', case.get('dilation', 1)),
                    dilation=case.get('dilation', 1), groups=case.get('groups', 1),
                    num_regions=case['m'])
-    x = torch.randn(2, 16, 13, 10, requires_grad=True)
+    x = torch.randn(2, 16, 13, 10)
+    if case.get('channels_last'):
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     calls = []  # whether the extension counted as available at each kernel call
     real = cpu_kernels.region_tap_mix
     monkeypatch.setattr(cpu_kernels, 'region_tap_mix',

@@ -101,7 +101,12 @@ def pad_nhwc(x: torch.Tensor, padding: int, out: Optional[torch.Tensor] = None) 
     """
     n, c, h, w = x.shape
     if out is None:
-        out = x.new_zeros(n, h + 2 * padding, w + 2 * padding, c)
+        out = x.new_empty(n, h + 2 * padding, w + 2 * padding, c)
+        if padding:  # only the border is zeroed
+            out[:, :padding].zero_()
+            out[:, padding + h:].zero_()
+            out[:, padding:padding + h, :padding].zero_()
+            out[:, padding:padding + h, padding + w:].zero_()
     out[:, padding:padding + h, padding:padding + w] = x.permute(0, 2, 3, 1)
     return out
 
@@ -197,6 +202,55 @@ def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, t
     return torch.bmm(cols, _grouped(w_t, groups))
 
 
+# temporary U of the batched tap mix per block of rows (bytes); a typical region is one block
+_U_BLOCK_BYTES = 16 << 20
+
+
+def _forward_tap_mix(x, region, coef, banks, meta, m):
+    """The forward with the C++ tap mix: one padded copy of the batch, then per region all its
+    positions of all samples at once (``U`` in row blocks of at most ``_U_BLOCK_BYTES``, each
+    one matmul with the region's bank, shared by the samples). The output is channels-last
+    backed: returned as such for channels-last inputs (no copy), else made NCHW."""
+    k, stride, padding, dilation, groups, out_channels, _ = meta
+    n, c = x.shape[:2]
+    ho, wo = region.shape[-2:]
+    nb = coef.shape[-2]
+    out = x.new_empty(groups, n * ho * wo, out_channels // groups)
+    xp = pad_nhwc(x, padding)
+    regions = _region_rows(region.flatten(), m)
+    block = max(1, _U_BLOCK_BYTES // (nb * c * x.element_size()))
+    block = min(block, max(idx.numel() for _, idx in regions))
+    buf = x.new_empty(block * nb * c)  # reused U
+    for r, idx in regions:
+        for rows in idx.split(block):
+            j = rows.numel()
+            u = cpu_kernels.region_tap_mix(xp, rows, coef[:, r], k, stride, dilation, (ho, wo),
+                                           groups, out=buf[:j * nb * c].view(groups, j, nb, -1))
+            out.index_copy_(1, rows, torch.bmm(u.view(groups, j, -1), banks[r]))
+    if groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return out.view(n, ho, wo, out_channels).permute(0, 3, 1, 2)
+    return out.view(groups, n, ho, wo, -1).permute(1, 0, 4, 2, 3).reshape(
+        n, out_channels, ho, wo)
+
+
+def _forward_per_sample(x, region, coef, bank, meta, m):
+    """The forward as tensor ops (no extension, GPU, half precision, the basis generator): one
+    sample at a time (O(one im2col) of temporary memory), one matmul per region on its rows."""
+    k, stride, padding, dilation, groups, out_channels, tapwise = meta
+    n = x.shape[0]
+    ho, wo = region.shape[-2:]
+    out = x.new_empty(n, groups, ho * wo, out_channels // groups)
+    xp = cols = None  # per-sample buffers, reused
+    for i in range(n):
+        xp = pad_nhwc(x[i:i + 1], padding, xp)
+        cols = im2col_t(xp[0], k, stride, dilation, (ho, wo), groups, cols)
+        for r, idx in _region_rows(region[i].flatten(), m):
+            y = _region_output(cols.index_select(1, idx), coef[i, r],
+                               bank[r] if tapwise else bank, tapwise, groups, out_channels)
+            out[i].index_copy_(1, idx, y)
+    return out.permute(0, 1, 3, 2).reshape(n, out_channels, ho, wo)
+
+
 class _RegionConv(torch.autograd.Function):
     """Region-selected dynamic convolution with the straight-through softmax gradient.
 
@@ -207,32 +261,16 @@ class _RegionConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, soft, region, coef, bank, meta):
-        k, stride, padding, dilation, groups, out_channels, tapwise = meta
-        n, m = x.shape[0], soft.shape[1]
-        ho, wo = region.shape[-2:]
-        og = out_channels // groups
-        out = x.new_empty(n, groups, ho * wo, og)
-        # paper generator on CPU: U straight from the padded input (C++)
+        tapwise, groups, m = meta[6], meta[4], soft.shape[1]
+        # paper generator on CPU: U straight from the padded input (C++), a region at a time
         banks = _tap_mix_banks(x, coef, bank, tapwise, groups, fewer_bases=False)
-        mix = banks is not None
-        xp = cols = None  # per-sample buffers, reused
-        for i in range(n):  # one sample at a time: O(one im2col) of temporary memory
-            xp = pad_nhwc(x[i:i + 1], padding, xp)
-            if not mix:
-                cols = im2col_t(xp[0], k, stride, dilation, (ho, wo), groups, cols)
-            for r, idx in _region_rows(region[i].flatten(), m):
-                if mix:
-                    u = cpu_kernels.region_tap_mix(xp[0], idx, coef[i, r], k, stride, dilation,
-                                                   (ho, wo), groups)
-                    y = torch.bmm(u.view(groups, idx.numel(), -1), banks[r])
-                else:
-                    y = _region_output(cols.index_select(1, idx), coef[i, r],
-                                       bank[r] if tapwise else bank, tapwise, groups,
-                                       out_channels)
-                out[i].index_copy_(1, idx, y)
+        if banks is not None:
+            out = _forward_tap_mix(x, region, coef, banks, meta, m)
+        else:
+            out = _forward_per_sample(x, region, coef, bank, meta, m)
         ctx.save_for_backward(x, region, coef, bank)
         ctx.meta, ctx.m = meta, m
-        return out.permute(0, 1, 3, 2).reshape(n, out_channels, ho, wo)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -95,10 +95,11 @@ def octave_spread(low: torch.Tensor, out: torch.Tensor, alpha: float = 1.0,
 def region_tap_mix(xp: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, kernel_size: int,
                    stride: int, dilation: int, out_size: Sequence[int], groups: int,
                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``u[g, j, b, c] = sum_t coef[b, t] * xp[y_j*s + ty*d, x_j*s + tx*d, g*Cg + c]`` for the
-    output positions ``pos`` (J,) int64 (``y_j * Wo + x_j``) of the padded channels-last sample
-    ``xp`` (Hp, Wp, C), ``coef`` (B, k*k), taps ``t = ty * k + tx``: (G, J, B, C/G), written
-    into ``out`` when given (a reused buffer of that shape).
+    """``u[g, j, b, c] = sum_t coef[n, b, t] * xp[n, y_j*s + ty*d, x_j*s + tx*d, g*Cg + c]`` for
+    the output positions ``pos`` (J,) int64 (``n * Ho * Wo + y_j * Wo + x_j``) of the padded
+    channels-last samples ``xp`` (N, Hp, Wp, C), ``coef`` (N, B, k*k), taps ``t = ty * k + tx``:
+    (G, J, B, C/G), written into ``out`` when given (a reused buffer of that shape). One sample
+    may be passed as ``xp`` (Hp, Wp, C) with ``coef`` (B, k*k).
     :func:`convzoo_mm.layers.drconv.im2col_t` rows mixed by ``coef`` over the taps."""
     return _C.region_tap_mix(xp, pos, coef, kernel_size, stride, dilation, int(out_size[0]),
                              int(out_size[1]), groups, out)

@@ -311,26 +311,30 @@ void octave_spread(const at::Tensor& low, at::Tensor out, double alpha, bool acc
 }
 
 // ------------------------------------------------------------------------ DRConv region tap mix
-// xp: padded sample (Hp, Wp, C) contiguous; pos: (J,) int64 output positions (y * Wo + x) of
-// one region; coef: (B, k*k) -> u (G, J, B, C/G), see region_kernel.h.
+// xp: padded samples (N, Hp, Wp, C) contiguous, or one sample (Hp, Wp, C); pos: (J,) int64
+// output positions n * Ho * Wo + y * Wo + x (n = 0 for one sample); coef: (N, B, k*k), or (B, k*k)
+// for one sample -> u (G, J, B, C/G), see region_kernel.h.
 at::Tensor region_tap_mix(const at::Tensor& xp, const at::Tensor& pos, const at::Tensor& coef,
                           int64_t k, int64_t stride, int64_t dilation, int64_t Ho, int64_t Wo,
                           int64_t groups, const c10::optional<at::Tensor>& out) {
-  TORCH_CHECK(xp.device().is_cpu() && xp.dim() == 3 && xp.is_contiguous(),
-              "region_tap_mix: xp must be a contiguous (Hp, Wp, C) CPU tensor");
+  TORCH_CHECK(xp.device().is_cpu() && (xp.dim() == 3 || xp.dim() == 4) && xp.is_contiguous(),
+              "region_tap_mix: xp must be a contiguous (N, Hp, Wp, C) or (Hp, Wp, C) CPU tensor");
   TORCH_CHECK(pos.dim() == 1 && pos.scalar_type() == at::kLong && pos.is_contiguous(),
               "region_tap_mix: pos must be a contiguous int64 vector");
-  TORCH_CHECK(coef.dim() == 2 && coef.size(1) == k * k && coef.scalar_type() == xp.scalar_type(),
-              "region_tap_mix: coef must be (B, k*k) of xp's dtype, got ", coef.sizes());
-  const int64_t Hp = xp.size(0), Wp = xp.size(1), C = xp.size(2);
+  const int64_t N = xp.dim() == 4 ? xp.size(0) : 1;
+  TORCH_CHECK(coef.dim() == xp.dim() - 1 && (coef.dim() == 2 || coef.size(0) == N) &&
+                  coef.size(-1) == k * k && coef.scalar_type() == xp.scalar_type(),
+              "region_tap_mix: coef must be (N, B, k*k) (or (B, k*k) for one sample) of xp's "
+              "dtype, got ", coef.sizes());
+  const int64_t Hp = xp.size(-3), Wp = xp.size(-2), C = xp.size(-1);
   TORCH_CHECK(k >= 1 && stride >= 1 && dilation >= 1 && groups >= 1 && C % groups == 0 &&
               Ho >= 1 && Wo >= 1 && (Ho - 1) * stride + (k - 1) * dilation < Hp &&
               (Wo - 1) * stride + (k - 1) * dilation < Wp,
               "region_tap_mix: bad k/stride/dilation/groups/output size for xp ", xp.sizes());
-  const int64_t J = pos.size(0), B = coef.size(0);
+  const int64_t J = pos.size(0), B = coef.size(-2);
   const int64_t* pp = pos.data_ptr<int64_t>();
   for (int64_t j = 0; j < J; ++j)
-    TORCH_CHECK(pp[j] >= 0 && pp[j] < Ho * Wo, "region_tap_mix: position out of range");
+    TORCH_CHECK(pp[j] >= 0 && pp[j] < N * Ho * Wo, "region_tap_mix: position out of range");
   const at::Tensor cf = coef.contiguous();
   const std::vector<int64_t> shape{groups, J, B, C / groups};
   at::Tensor u;
@@ -350,10 +354,10 @@ at::Tensor region_tap_mix(const at::Tensor& xp, const at::Tensor& pos, const at:
     at::parallel_for(0, J, 16, [&](int64_t j0, int64_t j1) {
 #ifdef CONVZOO_X86
       if (has_avx2())
-        return avx2::region_tap_mix_rows<scalar_t>(x, Wp, C, pp, j0, j1, J, Wo, c, B, k, stride,
-                                                   dilation, groups, o);
+        return avx2::region_tap_mix_rows<scalar_t>(x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, c, B,
+                                                   k, stride, dilation, groups, o);
 #endif
-      base::region_tap_mix_rows<scalar_t>(x, Wp, C, pp, j0, j1, J, Wo, c, B, k, stride,
+      base::region_tap_mix_rows<scalar_t>(x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, c, B, k, stride,
                                           dilation, groups, o);
     });
   });
@@ -381,8 +385,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("low"), pybind11::arg("out"), pybind11::arg("alpha"),
         pybind11::arg("accumulate"), pybind11::arg("mean_adjoint"));
   m.def("region_tap_mix", &region_tap_mix,
-        "DRConv: u[g, j, b, c] = sum_t coef[b, t] * tap t of output position pos[j] in the "
-        "padded channels-last sample xp",
+        "DRConv: u[g, j, b, c] = sum_t coef[n, b, t] * tap t of output position pos[j] (of "
+        "sample n) in the padded channels-last samples xp",
         pybind11::arg("xp"), pybind11::arg("pos"), pybind11::arg("coef"),
         pybind11::arg("kernel_size"), pybind11::arg("stride"), pybind11::arg("dilation"),
         pybind11::arg("out_height"), pybind11::arg("out_width"), pybind11::arg("groups"),

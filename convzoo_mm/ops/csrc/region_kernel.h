@@ -2,10 +2,10 @@
 // (whose Vec it uses): once for the build's baseline instruction set, once for AVX2+FMA.
 // No include guard on purpose.
 //
-// For output positions pos[j0..j1) of one padded channels-last sample xp (Hp, Wp, C):
-//     u[g, j, b, c] = sum_t coef[b, t] * xp[y(j) + ty * d, x(j) + tx * d, g * Cg + c]
-// with y(j) = (pos[j] / Wo) * s, x(j) = (pos[j] % Wo) * s, t = ty * k + tx, and u laid out
-// (G, J, B, Cg). Per vector of channels, up to 8 bases are summed over all taps in registers
+// For output positions pos[j0..j1) of a batch of padded channels-last samples xp (N, Hp, Wp, C):
+//     u[g, j, b, c] = sum_t coef[n, b, t] * xp[n, y(j) + ty * d, x(j) + tx * d, g * Cg + c]
+// with n = pos[j] / (Ho * Wo), q = pos[j] % (Ho * Wo), y(j) = (q / Wo) * s, x(j) = (q % Wo) * s,
+// t = ty * k + tx, and u laid out (G, J, B, Cg). Per vector of channels, up to 8 bases are summed over all taps in registers
 // (each tap's load shared by them), then written once.
 template <typename T, int NB>
 inline void mix_bases(const T* const* src, const T* cf, int64_t taps, int64_t Cg, T* u) {
@@ -29,21 +29,24 @@ inline void mix_bases(const T* const* src, const T* cf, int64_t taps, int64_t Cg
 }
 
 template <typename T>
-void region_tap_mix_rows(const T* xp, int64_t Wp, int64_t C, const int64_t* pos, int64_t j0,
-                         int64_t j1, int64_t J, int64_t Wo, const T* coef, int64_t B, int64_t k,
-                         int64_t s, int64_t d, int64_t G, T* u) {
+void region_tap_mix_rows(const T* xp, int64_t Hp, int64_t Wp, int64_t C, const int64_t* pos,
+                         int64_t j0, int64_t j1, int64_t J, int64_t Ho, int64_t Wo, const T* coef,
+                         int64_t B, int64_t k, int64_t s, int64_t d, int64_t G, T* u) {
   const int64_t Cg = C / G, taps = k * k;
   std::vector<const T*> src(taps);
   for (int64_t j = j0; j < j1; ++j) {
-    const int64_t y = (pos[j] / Wo) * s, x = (pos[j] % Wo) * s;
+    const int64_t n = pos[j] / (Ho * Wo), q = pos[j] % (Ho * Wo);
+    const int64_t y = (q / Wo) * s, x = (q % Wo) * s;
+    const T* xn = xp + n * Hp * Wp * C;
+    const T* cn = coef + n * B * taps;
     for (int64_t g = 0; g < G; ++g) {
       for (int64_t t = 0; t < taps; ++t)
-        src[t] = xp + ((y + (t / k) * d) * Wp + x + (t % k) * d) * C + g * Cg;
+        src[t] = xn + ((y + (t / k) * d) * Wp + x + (t % k) * d) * C + g * Cg;
       T* uj = u + (g * J + j) * B * Cg;
       const int64_t chunks = (B + 7) / 8;  // bases in even chunks of at most 8
       for (int64_t q = 0; q < chunks; ++q) {
         const int64_t b0 = B * q / chunks, nb = B * (q + 1) / chunks - b0;
-        const T* cf = coef + b0 * taps;
+        const T* cf = cn + b0 * taps;
         T* ub = uj + b0 * Cg;
         switch (nb) {
           case 1: mix_bases<T, 1>(src.data(), cf, taps, Cg, ub); break;
