@@ -215,6 +215,10 @@ def test_channels_last_and_batch_independence():
     out = layer(x)
     torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), out)
     torch.testing.assert_close(layer(x[1:2]), out[1:2])  # no cross-sample mixing
+    layer.to(memory_format=torch.channels_last)  # restrides 4-D weights, not the matrix bank
+    assert layer.gen_bank.is_contiguous() and layer.guide.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), out)
 
 
 def test_autocast_bf16_close_to_fp32():

@@ -538,6 +538,15 @@ class DRConv(LayerStateDict, nn.Module):
         self.init_weights()
 
     # ---- parameters ---------------------------------------------------------------------
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        # ``.to(memory_format=torch.channels_last)`` restrides every 4-D parameter; gen_bank is a
+        # bank of matrices, not a conv weight, and the region matmuls read it row-major
+        bank = getattr(self, 'gen_bank', None)
+        if bank is not None and not bank.is_contiguous():
+            bank.data = bank.data.contiguous()
+        return self
+
     def init_weights(self) -> None:
         """See the class docstring (Initialisation)."""
         k, cg, m = self.kernel_size[0], self.in_channels // self.groups, self.num_regions
