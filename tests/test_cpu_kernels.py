@@ -232,22 +232,26 @@ def test_region_tap_mix_rejects_bad_positions_and_out():
 @pytest.mark.parametrize('case', [
     dict(m=8),                                          # B = 9 = k*k: the kernel runs
     dict(m=8, channels_last=True, block=700),           # NHWC output, U in blocks of 1 row
-    dict(m=4, stride=2, dilation=2, groups=2),          # B = 5
-    dict(m=4, groups=2, channels_last=True, block=5000),  # blocks of 15 rows
+    dict(m=4, stride=2, dilation=2, groups=2),          # B = 5: batched U-form backward
+    dict(m=4, groups=2, channels_last=True, block=5000, chunk=1),  # U blocks of 15 rows,
+    #                                                     backward one sample per chunk
+    dict(m=4, n=3, chunk=150000),                       # backward chunks of 2 + 1 samples
     dict(m=3, k=5, padding=1, groups=4, out=8),         # B = 4
 ])
 def test_drconv_with_kernel_equals_drconv_without(case, monkeypatch):
     """Outputs and every gradient of the paper-generator DRConv, region tap mix (C++) vs the
     im2col + matmul tensor path (same module), and the kernel is really used; the forward's U
-    also in blocks of a few rows, and for channels-last inputs."""
+    also in blocks of a few rows, the batched backward in chunks of samples, and for
+    channels-last inputs."""
     monkeypatch.setattr(drconv_module, '_U_BLOCK_BYTES', case.get('block', 16 << 20))
+    monkeypatch.setattr(drconv_module, '_CHUNK_BYTES', case.get('chunk', 8 << 20))
     torch.manual_seed(0)
     k = case.get('k', 3)
     layer = DRConv(16, case.get('out', 16), k, case.get('stride', 1),
                    padding=case.get('padding', case.get('dilation', 1)),
                    dilation=case.get('dilation', 1), groups=case.get('groups', 1),
                    num_regions=case['m'])
-    x = torch.randn(2, 16, 13, 10)
+    x = torch.randn(case.get('n', 2), 16, 13, 10)
     if case.get('channels_last'):
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()

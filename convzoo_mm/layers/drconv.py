@@ -113,36 +113,39 @@ def pad_nhwc(x: torch.Tensor, padding: int, out: Optional[torch.Tensor] = None) 
 
 def im2col_t(xp: torch.Tensor, kernel_size: int, stride: int, dilation: int, out_size,
              groups: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """im2col of one padded channels-last sample, transposed: ``(Hp, Wp, C)`` ->
-    ``(groups, Ho*Wo, k*k*Cg)`` with columns ordered (tap, input channel), so the positions
-    of a region are rows (cheap to gather). One strided copy (no ``F.unfold`` + transpose),
-    into ``out`` when given (a buffer reused across samples: a fresh multi-MB allocation per
-    sample costs more in page faults than the copy itself)."""
+    """im2col of padded channels-last samples, transposed: ``(S, Hp, Wp, C)`` (or one sample
+    ``(Hp, Wp, C)``) -> ``(groups, S*Ho*Wo, k*k*Cg)`` with columns ordered (tap, input channel),
+    so the positions of a region are rows (cheap to gather). One strided copy (no ``F.unfold``
+    + transpose), into ``out`` when given (a buffer reused across samples: a fresh multi-MB
+    allocation per sample costs more in page faults than the copy itself)."""
     ho, wo = out_size
-    k, c = kernel_size, xp.shape[-1]
-    sh, sw, _ = xp.stride()
-    win = xp.as_strided((ho, wo, k, k, groups, c // groups),
-                        (stride * sh, stride * sw, dilation * sh, dilation * sw, c // groups, 1),
-                        xp.storage_offset())
+    xb = xp if xp.dim() == 4 else xp[None]
+    k, (n, c) = kernel_size, (xb.shape[0], xb.shape[-1])
+    sn, sh, sw, _ = xb.stride()
+    win = xb.as_strided((n, ho, wo, k, k, groups, c // groups),
+                        (sn, stride * sh, stride * sw, dilation * sh, dilation * sw, c // groups,
+                         1), xb.storage_offset())
     if out is None:
-        out = xp.new_empty(groups, ho * wo, k * k * (c // groups))
-    out.view(groups, ho, wo, k, k, -1).copy_(win.permute(4, 0, 1, 2, 3, 5))
+        out = xp.new_empty(groups, n * ho * wo, k * k * (c // groups))
+    out.view(groups, n, ho, wo, k, k, -1).copy_(win.permute(5, 0, 1, 2, 3, 4, 6))
     return out
 
 
 def col2im_t_add_(grad_xp: torch.Tensor, cols: torch.Tensor, kernel_size: int, stride: int,
                   dilation: int, out_size) -> None:
-    """Adjoint of :func:`im2col_t`: add ``(groups, Ho*Wo, k*k*Cg)`` into the padded
-    channels-last ``grad_xp`` ``(Hp, Wp, C)`` (overlapping windows sum), one add per tap."""
+    """Adjoint of :func:`im2col_t`: add ``(groups, S*Ho*Wo, k*k*Cg)`` into the padded
+    channels-last ``grad_xp`` ``(S, Hp, Wp, C)`` or ``(Hp, Wp, C)`` (overlapping windows sum),
+    one add per tap."""
     ho, wo = out_size
-    k, c = kernel_size, grad_xp.shape[-1]
+    gb = grad_xp if grad_xp.dim() == 4 else grad_xp[None]
+    k, n, c = kernel_size, gb.shape[0], gb.shape[-1]
     g = cols.shape[0]
-    cols = cols.view(g, ho, wo, k, k, c // g)
+    cols = cols.view(g, n, ho, wo, k, k, c // g)
     for a in range(k):
         for b in range(k):
-            tap = cols[:, :, :, a, b].permute(1, 2, 0, 3).reshape(ho, wo, c)
-            grad_xp[a * dilation:a * dilation + stride * (ho - 1) + 1:stride,
-                    b * dilation:b * dilation + stride * (wo - 1) + 1:stride] += tap
+            tap = cols[:, :, :, :, a, b].permute(1, 2, 3, 0, 4).reshape(n, ho, wo, c)
+            gb[:, a * dilation:a * dilation + stride * (ho - 1) + 1:stride,
+               b * dilation:b * dilation + stride * (wo - 1) + 1:stride] += tap
 
 
 def _region_rows(region: torch.Tensor, m: int):
@@ -251,6 +254,85 @@ def _forward_per_sample(x, region, coef, bank, meta, m):
     return out.permute(0, 1, 3, 2).reshape(n, out_channels, ho, wo)
 
 
+# im2col bytes per chunk of samples in the batched backward (one sample at least)
+_CHUNK_BYTES = 8 << 20
+
+
+def _backward_tap_mix(x, region, coef, bank, banks, meta, m, grad_out, needs):
+    """The backward for the paper generator with fewer bases than taps (m < 8 at k=3) on CPU.
+
+    All in the ``U`` form, a chunk of samples at a time (their im2col within ``_CHUNK_BYTES``),
+    per region all its rows of the chunk at once: the bank is shared by the samples, only the
+    tap mix (C++) and its adjoints are per row. With ``y = U @ bank`` per row and
+    ``dU = g @ bank^T``: the guide gradient's responses ``<g, U_r @ bank_r>`` at every position,
+    ``dL/dbank_r = U^T g`` and ``dL/dx`` from ``dU`` through the adjoint of the tap mix (inner
+    size ``B*Cg`` instead of ``k*k*Cg`` for the two large matmuls), ``dL/dcoef`` per row from
+    ``dU`` and the im2col row (``B*k*k*Cg`` per row, no filter built).
+    """
+    need_x, need_soft, need_coef, need_bank = needs
+    k, stride, padding, dilation, groups, out_channels, _ = meta
+    n, c, h, w = x.shape
+    ho, wo = region.shape[-2:]
+    per, og, cg = ho * wo, out_channels // groups, c // groups
+    nb, taps = coef.shape[-2:]
+    grad_x = torch.empty_like(x) if need_x else None
+    grad_soft = x.new_empty(n, m, per) if need_soft else None  # all written
+    grad_coef = torch.zeros_like(coef) if need_coef else None
+    grad_bank = torch.zeros_like(bank) if need_bank else None
+    chunk = max(1, min(n, _CHUNK_BYTES // (per * taps * c * x.element_size())))
+    xp = None
+    for i0 in range(0, n, chunk):
+        i1 = min(n, i0 + chunk)
+        rows_n = (i1 - i0) * per
+        xp = pad_nhwc(x[i0:i1], padding, xp if xp is not None and xp.shape[0] == i1 - i0
+                      else None)
+        g = grad_out[i0:i1].reshape(i1 - i0, groups, og, per).permute(1, 0, 3, 2).reshape(
+            groups, rows_n, og)
+        cols = im2col_t(xp, k, stride, dilation, (ho, wo), groups) if need_coef else None
+        grad_cols = xp.new_empty(groups, rows_n, taps * cg) if need_x else None  # all written
+        rows = dict(_region_rows(region[i0:i1].flatten(), m))
+        every = torch.arange(rows_n) if need_soft else None
+        for r in range(m):
+            if not need_soft and r not in rows:
+                continue
+            cf = coef[i0:i1, r]  # (S, B, k*k)
+            if need_soft:  # <g, y_r> for every region r at every position
+                u_all = cpu_kernels.region_tap_mix(xp, every, cf, k, stride, dilation, (ho, wo),
+                                                   groups)
+                resp = torch.bmm(u_all.view(groups, rows_n, -1), banks[r])
+                grad_soft[i0:i1, r] = resp.mul_(g).sum((0, 2)).view(i1 - i0, per)
+            if r not in rows:
+                continue
+            idx = rows[r]
+            j = idx.numel()
+            u = u_all.index_select(1, idx) if need_soft else cpu_kernels.region_tap_mix(
+                xp, idx, cf, k, stride, dilation, (ho, wo), groups)
+            g_r = g.index_select(1, idx)
+            if need_bank:  # U^T g, into the bank's (B, Cg, groups, out/groups) layout
+                gb = torch.bmm(u.view(groups, j, -1).transpose(1, 2), g_r)
+                grad_bank[r].view(nb, cg, groups, og).add_(
+                    gb.view(groups, nb, cg, og).permute(1, 2, 0, 3))
+            if not (need_coef or need_x):
+                continue
+            du = torch.bmm(g_r, banks[r].transpose(1, 2)).view(groups, j, nb, cg)
+            sample = idx // per
+            if need_coef:  # dcoef[b, t] = sum_c dU[b, c] * x_tap[t, c], per row
+                cols_r = cols.index_select(1, idx).view(groups, j, taps, cg)
+                grad_coef[i0:i1, r].index_add_(0, sample,
+                                               torch.einsum('gjbc,gjtc->jbt', du, cols_r))
+            if need_x:  # adjoint of the tap mix: the rows' im2col gradient
+                gc = torch.einsum('jbt,gjbc->gjtc', cf.index_select(0, sample), du)
+                grad_cols.index_copy_(1, idx, gc.reshape(groups, j, -1))
+        if need_x:
+            grad_xp = torch.zeros_like(xp)
+            col2im_t_add_(grad_xp, grad_cols, k, stride, dilation, (ho, wo))
+            grad_x[i0:i1] = grad_xp[:, padding:padding + h, padding:padding + w].permute(
+                0, 3, 1, 2)
+    if grad_soft is not None:
+        grad_soft = grad_soft.view(n, m, ho, wo)
+    return grad_x, grad_soft, None, grad_coef, grad_bank, None
+
+
 class _RegionConv(torch.autograd.Function):
     """Region-selected dynamic convolution with the straight-through softmax gradient.
 
@@ -277,25 +359,25 @@ class _RegionConv(torch.autograd.Function):
         x, region, coef, bank = ctx.saved_tensors
         k, stride, padding, dilation, groups, out_channels, tapwise = ctx.meta
         m = ctx.m
+        need_x, need_soft, _, need_coef, need_bank, _ = ctx.needs_input_grad
+        # paper generator with fewer bases than taps (m < 8 at k=3) on CPU: batched U form
+        banks = _tap_mix_banks(x, coef, bank, tapwise, groups, fewer_bases=True)
+        if banks is not None:
+            return _backward_tap_mix(x, region, coef, bank, banks, ctx.meta, m, grad_out,
+                                     (need_x, need_soft, need_coef, need_bank))
+        # otherwise one sample at a time, each (sample, region) filter built
         n, _, h, w = x.shape
         ho, wo = region.shape[-2:]
         og = out_channels // groups
         # (N, groups, L, out/groups): rows = positions, like the im2col rows
         grad_out = grad_out.reshape(n, groups, og, ho * wo).transpose(2, 3)
-        need_x, need_soft, _, need_coef, need_bank, _ = ctx.needs_input_grad
         need_w = need_coef or need_bank
         grad_x = torch.empty_like(x) if need_x else None
         grad_soft = x.new_empty(n, m, ho * wo) if need_soft else None  # all written
         grad_coef = torch.zeros_like(coef) if need_coef else None
         grad_bank = torch.zeros_like(bank) if need_bank else None
         # per-sample buffers, reused (fresh multi-MB tensors per region cost page faults)
-        xp = cols = grad_cols = grad_xp = w_t = resp = gw_t = u = None
-        # paper generator with fewer bases than taps (m < 8 at k=3): every region's response
-        # for the guide gradient as U @ bank (inner size B*Cg < k*k*Cg), U from the C++ tap mix
-        banks = _tap_mix_banks(x, coef, bank, tapwise, groups, fewer_bases=True) if need_soft \
-            else None
-        mix = banks is not None
-        every = torch.arange(ho * wo, device=x.device) if mix else None
+        xp = cols = grad_cols = grad_xp = w_t = resp = gw_t = None
         for i in range(n):
             xp = pad_nhwc(x[i:i + 1], padding, xp)
             cols = im2col_t(xp[0], k, stride, dilation, (ho, wo), groups, cols)
@@ -311,13 +393,8 @@ class _RegionConv(torch.autograd.Function):
                                           out_channels, w_t)
                 w_g = _grouped(w_t, groups)
                 if need_soft:  # <g, y_r> for every region r: all m responses are needed
-                    if mix:
-                        u = cpu_kernels.region_tap_mix(xp[0], every, coef[i, r], k, stride,
-                                                       dilation, (ho, wo), groups, out=u)
-                        a, b = u.view(groups, ho * wo, -1), banks[r]
-                    else:
-                        a, b = cols, w_g
-                    resp = torch.bmm(a, b, out=resp) if resp is not None else torch.bmm(a, b)
+                    resp = torch.bmm(cols, w_g, out=resp) if resp is not None else torch.bmm(
+                        cols, w_g)
                     grad_soft[i, r] = resp.mul_(g).sum((0, 2))
                 if r not in rows:
                     continue
