@@ -193,8 +193,9 @@ def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, t
     matmul with inner size ``B*Cg`` instead of ``k*k*Cg``, no filter to write. Used in the
     forward whenever ``B <= k*k`` (m <= 8 at k=3 with the default h = m*m) and the C++ tap mix
     cannot run (no extension, GPU, half precision); otherwise the filter is built. The backward
-    builds the filter, except for the guide gradient's responses when ``B < k*k`` and the C++
-    tap mix runs (``U`` over all positions as tensor ops costs more than it saves).
+    builds the filter, except when ``B < k*k`` and the C++ tap mix runs: then all of it is in
+    the ``U`` form (:func:`_backward_tap_mix`; ``U`` over all positions as tensor ops costs
+    more than it saves).
     """
     g, rows, kk_cg = cols.shape
     if tapwise and coef.shape[0] <= coef.shape[1]:
