@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 
 def extensions():
-    """convzoo_mm._C: WTConv's and DRConv's C++ CPU kernels (convzoo_mm/ops/cpu_kernels.py, ops/csrc/).
+    """convzoo_mm._C: the C++ CPU kernels of WTConv, OctaveConv and DRConv (ops/cpu_kernels.py).
     Needs torch importable at build time (pip install --no-build-isolation -e .); without torch
     (or with CONVZOO_NO_EXT=1) the package installs without it and uses the PyTorch path."""
     if os.environ.get('CONVZOO_NO_EXT'):

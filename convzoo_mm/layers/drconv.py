@@ -17,24 +17,27 @@ backward pass, i.e. the layer is differentiated as the straight-through surrogat
 
 Why it is fast (and why a custom ``autograd.Function``): written with autograd, the surrogate
 must compute all ``m`` responses ``y_r`` in the forward pass (the naive form: m convolutions,
-m times the activation memory). :class:`_RegionConv` instead builds, per sample, one
-channels-last im2col ``X`` (positions as rows, :func:`im2col_t`) and for each region one matmul
-on the rows of that region only (``X[p in region r] @ W[n, r]^T``): exactly the FLOPs of one
-plain convolution (for the paper generator on CPU, each region's tap-mixed input ``U`` of
-:func:`_region_output` comes straight from the padded sample through the C++ kernel
-:func:`convzoo_mm.ops.cpu_kernels.region_tap_mix`, no im2col copy or row gather). Only ``x``,
-the region index and the generator's *factors* are saved; the
-backward recomputes ``X`` and the filters per sample and gets the guide gradient as
-``<g, X @ W[n, r]^T>`` region by region (``m`` matmuls of ``L x in*k*k`` by ``in*k*k x out``;
-this term needs every region's response at every position and is therefore ``m`` times a
-convolution in any exact implementation), and ``dL/dW``, ``dL/dx`` again on each region's
-rows only.
+m times the activation memory). :class:`_RegionConv` instead groups the positions by region and
+does one matmul per region on that region's rows only: exactly the FLOPs of one plain
+convolution. Only ``x``, the region index and the generator's *factors* are saved. The backward
+gets the guide gradient as ``<g, y_r>`` for every region at every position (``m`` times a
+convolution in any exact implementation), and ``dL/dW``, ``dL/dx`` again on each region's rows
+only. Two forms of this, tested against each other:
+
+* paper generator on CPU (:func:`_forward_tap_mix`, and :func:`_backward_tap_mix` when it has
+  fewer bases than taps): ``y = U @ bank[r]`` with ``U`` the taps of each position mixed by that
+  sample's coefficients, written straight from the padded input by the C++ kernel
+  :func:`convzoo_mm.ops.cpu_kernels.region_tap_mix`. The bank is shared by the samples, so a
+  region's rows of all samples (of a chunk, in the backward) go through one matmul, and this
+  form builds no filter;
+* otherwise (:func:`_forward_per_sample` and the per-sample backward): one channels-last im2col
+  ``X`` per sample (positions as rows, :func:`im2col_t`), ``X[p in region r] @ W[n, r]^T``.
 
 The per-sample filters are never stored for the whole batch: both generators are linear in
 their last layer, ``W[n, r] = coef[n, r] @ bank`` (see :func:`materialize_filters`), so the
 filter of one (sample, region) is rebuilt on the fly and its gradient is contracted back into
-``dL/dcoef`` and ``dL/dbank`` at once. Memory is O(one sample's im2col) instead of
-O(N * m * out * in * k^2) (151 MB at N=8, m=8, 256->256, k=3).
+``dL/dcoef`` and ``dL/dbank`` at once. Temporary memory is O(one sample's im2col), or a chunk's
+within a fixed budget, instead of O(N * m * out * in * k^2) (151 MB at N=8, m=8, 256->256, k=3).
 
 When exported (ONNX tracing) the layer runs :func:`drconv_naive` (static shapes, same output) and
 the generator's pooling as :func:`adaptive_avg_pool_matmul` (any input size).

@@ -283,14 +283,15 @@ def _path_fwd(x, w, b, padding, dilation, out=None):
     e.g. the backward of 128->32 channels at 56x56), and it reads channel slices without
     copying."""
     xm = _gemm_view(x, w)
+    om = _gemm_view(out, w) if out is not None and xm is not None and xm.dim() == 3 else None
     if xm is None:
         y = F.conv2d(x, w, b, 1, padding, dilation)
     elif xm.dim() == 2:  # channels_last: (N*H*W, C_in) @ (C_in, C_out)
         n, _, h, wd = x.shape
         y = F.linear(xm, w.flatten(1), b).view(n, h, wd, -1).permute(0, 3, 1, 2)
-    elif out is not None and getattr(_gemm_view(out, w), 'ndim', 0) == 3:
+    elif om is not None and om.dim() == 3:
         w2 = w.flatten(1)
-        for i, o in enumerate(_gemm_view(out, w)):  # NCHW (slice): each sample's block
+        for i, o in enumerate(om):  # NCHW (slice): each sample's block
             if b is None:
                 torch.mm(w2, xm[i], out=o)
             else:

@@ -14,9 +14,10 @@ Why they are fast (float32/float64 on CPU):
 * **OctaveConv's resampling.** :func:`octave_pool_into` / :func:`octave_spread` pool 2x2 (ceil
   mode), upsample x2 (cropped) and apply their adjoints in one pass each, written or added into
   channel slices of the drop-in layer's merged maps; as tensor ops each was 2-4 strided passes.
-* **DRConv's region tap mix.** :func:`region_tap_mix` writes, for one region's positions, the
-  paper generator's tap-mixed input ``U`` straight from the padded sample, instead of an im2col
-  copy, a row gather and a batched matmul of tiny matrices (~30% of the forward at m=8).
+* **DRConv's region tap mix.** :func:`region_tap_mix` writes, for one region's positions in
+  a batch, the paper generator's tap-mixed input ``U`` (each sample's coefficients) straight
+  from the padded samples, instead of an im2col copy, a row gather and a batched matmul of tiny
+  matrices (~30% of the forward at m=8).
 
 The extension ``convzoo_mm._C`` is built by ``pip install --no-build-isolation -e .``
 (``tools/setup_env.sh`` does it). Without it, and off these kernels' domain (CUDA, half precision,

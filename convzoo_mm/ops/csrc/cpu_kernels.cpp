@@ -271,13 +271,35 @@ void octave_pool(const at::Tensor& x, at::Tensor out) {
   });
 }
 
+// One output row of octave_spread: o[x] = (or +=, if Acc) l[x / 2] * s, s_last at the odd last
+// column.
+template <bool Acc, typename T>
+inline void spread_row(const T* l, T* o, int64_t W, T s, T s_last) {
+  const int64_t w2 = W / 2;
+  for (int64_t j = 0; j < w2; ++j) {
+    const T v = l[j] * s;
+    if (Acc) {
+      o[2 * j] += v;
+      o[2 * j + 1] += v;
+    } else {
+      o[2 * j] = v;
+      o[2 * j + 1] = v;
+    }
+  }
+  if (W % 2) {
+    if (Acc)
+      o[W - 1] += l[w2] * s_last;
+    else
+      o[W - 1] = l[w2] * s_last;
+  }
+}
+
 // out (N, C, H, W) = (or +=, if accumulate) scale * low[.., y / 2, x / 2], with scale = alpha,
 // divided by the window's pixel count if mean_adjoint (then it is the adjoint of octave_pool).
 void octave_spread(const at::Tensor& low, at::Tensor out, double alpha, bool accumulate,
                    bool mean_adjoint) {
   check_pair(low, out);
   const int64_t N = out.size(0), C = out.size(1), H = out.size(2), W = out.size(3);
-  const int64_t w2 = W / 2;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "octave_spread", [&] {
     const scalar_t* lp = low.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
@@ -290,21 +312,10 @@ void octave_spread(const at::Tensor& low, at::Tensor out, double alpha, bool acc
         const bool full_rows = 2 * (y / 2) + 1 < H;
         const scalar_t s = scalar_t(mean_adjoint ? alpha / (full_rows ? 4 : 2) : alpha);
         const scalar_t s_last = mean_adjoint ? s * scalar_t(2) : s;
-        if (accumulate) {
-          for (int64_t j = 0; j < w2; ++j) {
-            const scalar_t v = l[j] * s;
-            o[2 * j] += v;
-            o[2 * j + 1] += v;
-          }
-          if (W % 2) o[W - 1] += l[w2] * s_last;
-        } else {
-          for (int64_t j = 0; j < w2; ++j) {
-            const scalar_t v = l[j] * s;
-            o[2 * j] = v;
-            o[2 * j + 1] = v;
-          }
-          if (W % 2) o[W - 1] = l[w2] * s_last;
-        }
+        if (accumulate)
+          spread_row<true>(l, o, W, s, s_last);
+        else
+          spread_row<false>(l, o, W, s, s_last);
       }
     });
   });

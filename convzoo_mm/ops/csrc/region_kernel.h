@@ -5,8 +5,8 @@
 // For output positions pos[j0..j1) of a batch of padded channels-last samples xp (N, Hp, Wp, C):
 //     u[g, j, b, c] = sum_t coef[n, b, t] * xp[n, y(j) + ty * d, x(j) + tx * d, g * Cg + c]
 // with n = pos[j] / (Ho * Wo), q = pos[j] % (Ho * Wo), y(j) = (q / Wo) * s, x(j) = (q % Wo) * s,
-// t = ty * k + tx, and u laid out (G, J, B, Cg). Per vector of channels, up to 8 bases are summed over all taps in registers
-// (each tap's load shared by them), then written once.
+// t = ty * k + tx, and u laid out (G, J, B, Cg). Per vector of channels, up to 8 bases are
+// summed over all taps in registers (each tap's load shared by them), then written once.
 template <typename T, int NB>
 inline void mix_bases(const T* const* src, const T* cf, int64_t taps, int64_t Cg, T* u) {
   using V = Vec<T>;
