@@ -424,11 +424,10 @@ class WTConv(LayerStateDict, nn.Module):
         """Depthwise WTConv at stride 1 through :func:`convzoo_mm.ops.haar_wtconv.haar_wtconv`."""
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        c, k = self.in_channels, self.kernel_size[0]
-        weight, bias = self._base_weights()
-        levels = [self._level_weight(i).reshape(c, 4, k, k) for i in range(self.wt_levels)]
-        stacked = torch.stack(levels) if levels else weight.new_zeros((0, c, 4, k, k))
-        return _fused_ops().haar_wtconv(x, weight, bias, stacked, self.dilation[0])
+        return _fused_ops().haar_wtconv(
+            x, self.base_conv.weight, self.base_conv.bias, self.base_scale.weight,
+            [m.weight for m in self.wavelet_convs], [m.weight for m in self.wavelet_scale],
+            self.dilation[0])
 
     def _wavelet_path(self, x: torch.Tensor, stride: int, base: torch.Tensor) -> torch.Tensor:
         """``base`` (the base conv's output) plus all levels' reconstructions, at the output size
