@@ -48,12 +48,13 @@ AVAILABLE = triton is not None
 __all__ = ['AVAILABLE', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis_add']
 
 
-def _tiles(c: int, spatial: int):
-    """(BP, BC, warps): BP half-resolution positions x BC channels per program (channels fastest,
-    so every load and store of a tile row is contiguous in channels_last memory)."""
-    bc = min(64, triton.next_power_of_2(max(c, 1)))
-    bp = max(16, spatial // bc)
-    return bp, bc, 4
+def _tiles(c: int, elements: int):
+    """(BP, BC): BP half-resolution positions x BC channels per program, about ``elements`` in
+    all. Channels vary fastest, so every load and store of a tile row is contiguous in
+    channels_last memory; BC divides C when C is a multiple of 16 (96 = 3 x 32, no masked lanes)."""
+    low = c & -c                                   # largest power of two dividing c
+    bc = min(64, low if low >= 16 else triton.next_power_of_2(max(c, 1)))
+    return max(16, elements // bc), bc
 
 
 if AVAILABLE:
@@ -84,7 +85,7 @@ if AVAILABLE:
         a1 = tl.zeros([BP, BC], dtype=tl.float32)
         a2 = tl.zeros([BP, BC], dtype=tl.float32)
         a3 = tl.zeros([BP, BC], dtype=tl.float32)
-        for dy in tl.static_range(K):
+        for dy in range(K):
             uu = u + (dy * DIL - PAD)
             r0 = 2 * uu
             row_ok = p_ok & (uu >= 0) & (uu < h)
@@ -212,12 +213,12 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
     nb = 4 if keep_bands else 1
     filtered = x.new_empty((n, h, w, 4, c))
     bands = x.new_empty((n, h, w, nb, c))
-    bp, bc, warps = _tiles(c, 1024)
+    bp, bc = _tiles(c, 1024)
     grid = (triton.cdiv(n * h * w, bp), triton.cdiv(c, bc))
     _analysis_conv_kernel[grid](x, weight, filtered, bands, n * h * w, c,
                                 hh, ww, h, w, *x.stride(), K=k, DIL=dilation,
                                 PAD=dilation * (k - 1) // 2, FLIP=flip, NB=nb, BP=bp, BC=bc,
-                                num_warps=warps)
+                                num_warps=8)
     return filtered, bands
 
 
@@ -237,12 +238,12 @@ def haar_synthesis_add(filtered: torch.Tensor, size, extra: Optional[torch.Tenso
     if extra is not None and not extra.permute(0, 2, 3, 1).is_contiguous():
         raise ValueError('haar_synthesis_add: extra must be channels_last contiguous')
     a = add if add is not None else out
-    bp, bc, warps = _tiles(c, 2048)
+    bp, bc = _tiles(c, 2048)
     grid = (triton.cdiv(n * h * w, bp), triton.cdiv(c, bc))
     _synthesis_kernel[grid](filtered, extra if extra is not None else filtered, a, out,
                             n * h * w, c, hh, ww, h, w, *a.stride(), *out.stride(),
                             HAS_E=extra is not None, HAS_A=add is not None,
-                            BP=bp, BC=bc, num_warps=warps)
+                            BP=bp, BC=bc, num_warps=8)
     return out
 
 
