@@ -328,8 +328,8 @@ class WTConv(LayerStateDict, nn.Module):
             raise ValueError(f"impl={impl!r}: use 'auto', 'torch' or 'triton'")
         if impl == 'triton' and not (_fused_ops().AVAILABLE and self.is_haar and k % 2):
             raise ValueError(f"impl='triton' needs Triton installed (installed: "
-                             f"{_fused_ops().AVAILABLE}), wt_type='db1' (got {wt_type!r}) and an odd "
-                             f"kernel_size (got {k}); use impl='auto' to fall back to PyTorch")
+                             f"{_fused_ops().AVAILABLE}), wt_type='db1' (got {wt_type!r}) and an "
+                             f"odd kernel_size (got {k}); use impl='auto' to fall back to PyTorch")
         self.impl = impl
 
         c = in_channels

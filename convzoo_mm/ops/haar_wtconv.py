@@ -264,9 +264,9 @@ def _level_weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, padding: int,
 
 def _fold(base_w, base_b, base_s, level_ws, level_ss):
     """The layer's parameters with the scales folded into the kernels (a scale after a depthwise
-    conv is a scale of its kernel): base (C, 1, k, k), bias (C,) or None, levels (L, C, 4, k, k),
-    the levels' in the analysis kernel's layout (L, 4, k, k, C) float32, and the stacked raw level
-    weights (L, 4C, 1, k, k) and scales (L, 1, 4C, 1, 1)."""
+    conv is a scale of its kernel). Returns the base weight (C, 1, k, k), its bias (C,) or None,
+    the level kernels in the analysis kernel's layout (L, 4, k, k, C) float32, and the stacked
+    raw level weights (L, 4C, 1, k, k) and scales (L, 1, 4C, 1, 1) for the backward."""
     scale = base_s.reshape(-1)
     weight = base_w * scale.view(-1, 1, 1, 1)
     bias = None if base_b is None else base_b * scale
