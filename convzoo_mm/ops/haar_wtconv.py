@@ -2,19 +2,22 @@
 
 Why it is fast: the published layer runs, per wavelet level, a stride-2 grouped conv (transform),
 a depthwise conv, a scale, a concatenation, a transposed grouped conv (inverse) and a crop, each a
-separate kernel with its own full pass over memory, and as many again in the backward. Here each
-level is two kernels:
+separate kernel with its own full pass over memory, and as many again in the backward. Here a
+pass is L + 1 kernels:
 
-* ``analysis + conv``: forms the four Haar subbands of the level's input on the fly (odd sizes
-  zero-padded by masking) and applies the depthwise k x k conv with the learnable scale already
-  folded into its weights; it also writes the subbands themselves (the LL band feeds the next
-  level; all four are kept for the weight gradient when training).
-* ``synthesis``: adds the deeper level's reconstruction to the LL band, applies the inverse
-  transform, crops odd sizes, and at the top level adds the base conv's output.
+* ``analysis + conv``, one per level: forms the four Haar subbands of the level's input on the fly
+  (odd sizes zero-padded by masking) and applies the depthwise k x k conv with the learnable scale
+  already folded into its weights; it also writes the subbands themselves (the LL band feeds the
+  next level; all four are kept for the weight gradient when training).
+* ``synthesis``, one for all levels: every output pixel adds the base conv's output and, for each
+  level, the inverse transform of that level's filtered bands at its ancestor position (deeper
+  reconstructions enter the LL band before each inverse, so they unroll into a sum; odd sizes
+  need no special case). One launch instead of L matters: at small sizes the layer is bound by
+  the CPU that launches kernels.
 
-The backward is the same two kernels again, because the Haar transform is orthogonal: the
-gradient flows top-down through ``analysis + conv`` (the conv with its kernel flipped) and
-bottom-up through ``synthesis``. The base conv and the depthwise weight gradients use cuDNN.
+The backward is the same kernels again, because the Haar transform is orthogonal: the gradient
+flows top-down through ``analysis + conv`` (the conv with its kernel flipped) and bottom-up
+through ``synthesis``. The base conv and the depthwise weight gradients use cuDNN.
 
 Memory layout: everything is channels_last. A program owns a tile of half-resolution positions x
 channels with channels fastest, so each load and store of a tile row is one contiguous piece (the
@@ -33,7 +36,7 @@ and the inverse is the same matrix. Supported: Haar, odd kernel sizes, any dilat
 The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests
 check them without a GPU). Importing this module without Triton is fine: ``AVAILABLE`` is False.
 """
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -45,15 +48,22 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 AVAILABLE = triton is not None
 
-__all__ = ['AVAILABLE', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis_add']
+__all__ = ['AVAILABLE', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis', 'packed_bands',
+           'level_sizes']
+
+
+# launch configuration: positions x channels per program (see _tiles) and warps per program
+ANALYSIS_TILE, SYNTHESIS_TILE, NUM_WARPS = 512, 1024, 8
 
 
 def _tiles(c: int, elements: int):
-    """(BP, BC): BP half-resolution positions x BC channels per program, about ``elements`` in
-    all. Channels vary fastest, so every load and store of a tile row is contiguous in
-    channels_last memory; BC divides C when C is a multiple of 16 (96 = 3 x 32, no masked lanes)."""
+    """(BP, BC): BP positions (half resolution in the analysis, full in the synthesis) x BC
+    channels per program, about ``elements`` in all. Channels vary fastest, so every load and
+    store of a tile row is contiguous in channels_last memory; BC divides C when C is a multiple
+    of 16 (96 = 3 x 32, no masked lanes). With NUM_WARPS warps and these tiles the kernels
+    compile for sm_90 without register spills at k <= 5 (tests/test_wtconv_fused.py)."""
     low = c & -c                                   # largest power of two dividing c
-    bc = min(64, low if low >= 16 else triton.next_power_of_2(max(c, 1)))
+    bc = min(32, low if low >= 16 else triton.next_power_of_2(max(c, 1)))
     return max(16, elements // bc), bc
 
 
@@ -142,47 +152,39 @@ if AVAILABLE:
             tl.store(bb + 2 * C, ((p00 - p01 + p10 - p11) * 0.5).to(out_ty), mask=ok)
             tl.store(bb + 3 * C, ((p00 - p01 - p10 + p11) * 0.5).to(out_ty), mask=ok)
 
-    @triton.jit(do_not_specialize=_SIZES)
-    def _synthesis_kernel(f_ptr, e_ptr, a_ptr, o_ptr, P, C, H, W, h, w,
+    @triton.jit(do_not_specialize=['P', 'N', 'H', 'W'])
+    def _synthesis_kernel(f_ptr, a_ptr, o_ptr, P, N, C, H, W,
                           san, sac, sah, saw, son, soc, soh, sow,
-                          HAS_E: tl.constexpr, HAS_A: tl.constexpr,
+                          LEVELS: tl.constexpr, HAS_A: tl.constexpr,
                           BP: tl.constexpr, BC: tl.constexpr):
-        p, n, u, v, ch, p_ok, c_ok = _tile(P, C, h, w, BP, BC)
+        # full-resolution positions: the inverse transforms of all levels in one pass
+        p, n, y, x, ch, p_ok, c_ok = _tile(P, C, H, W, BP, BC)
         ok = p_ok[:, None] & c_ok[None, :]
-        fb = f_ptr + p.to(tl.int64)[:, None] * (4 * C) + ch[None, :]
-        f0 = tl.load(fb, mask=ok, other=0.0).to(tl.float32)
-        f1 = tl.load(fb + C, mask=ok, other=0.0).to(tl.float32)
-        f2 = tl.load(fb + 2 * C, mask=ok, other=0.0).to(tl.float32)
-        f3 = tl.load(fb + 3 * C, mask=ok, other=0.0).to(tl.float32)
-        if HAS_E:
-            f0 += tl.load(e_ptr + p.to(tl.int64)[:, None] * C + ch[None, :], mask=ok,
-                          other=0.0).to(tl.float32)
-        q0 = f0 + f1
-        q1 = f0 - f1
-        q2 = f2 + f3
-        q3 = f2 - f3
-        o00 = (q0 + q2) * 0.5
-        o01 = (q0 - q2) * 0.5
-        o10 = (q1 + q3) * 0.5
-        o11 = (q1 - q3) * 0.5
-        r0 = 2 * u
-        c0 = 2 * v
-        m01 = ok & (c0 + 1 < W)[:, None]
-        m10 = ok & (r0 + 1 < H)[:, None]
-        m11 = m01 & m10
+        acc = tl.zeros([BP, BC], dtype=tl.float32)
+        hi = H
+        wi = W
+        off = tl.full([], 0, tl.int64)
+        weight = 0.5
+        for i in tl.static_range(LEVELS):
+            hi = (hi + 1) // 2
+            wi = (wi + 1) // 2
+            sy = (1 - 2 * ((y >> i) & 1)).to(tl.float32)[:, None]   # row parity: +1 / -1
+            sx = (1 - 2 * ((x >> i) & 1)).to(tl.float32)[:, None]
+            pos = (n * hi + (y >> (i + 1))) * wi + (x >> (i + 1))
+            fb = f_ptr + off + pos.to(tl.int64)[:, None] * (4 * C) + ch[None, :]
+            f0 = tl.load(fb, mask=ok, other=0.0).to(tl.float32)
+            f1 = tl.load(fb + C, mask=ok, other=0.0).to(tl.float32)
+            f2 = tl.load(fb + 2 * C, mask=ok, other=0.0).to(tl.float32)
+            f3 = tl.load(fb + 3 * C, mask=ok, other=0.0).to(tl.float32)
+            acc += weight * (f0 + sy * f1 + sx * (f2 + sy * f3))
+            off += N.to(tl.int64) * hi * wi * 4 * C
+            weight = weight * 0.5
         n64 = n.to(tl.int64)[:, None]
         if HAS_A:
-            ab = a_ptr + n64 * san + ch[None, :] * sac + (r0 * sah + c0 * saw)[:, None]
-            o00 += tl.load(ab, mask=ok, other=0.0).to(tl.float32)
-            o01 += tl.load(ab + saw, mask=m01, other=0.0).to(tl.float32)
-            o10 += tl.load(ab + sah, mask=m10, other=0.0).to(tl.float32)
-            o11 += tl.load(ab + sah + saw, mask=m11, other=0.0).to(tl.float32)
-        ob = o_ptr + n64 * son + ch[None, :] * soc + (r0 * soh + c0 * sow)[:, None]
-        out_ty = o_ptr.dtype.element_ty
-        tl.store(ob, o00.to(out_ty), mask=ok)
-        tl.store(ob + sow, o01.to(out_ty), mask=m01)
-        tl.store(ob + soh, o10.to(out_ty), mask=m10)
-        tl.store(ob + soh + sow, o11.to(out_ty), mask=m11)
+            acc += tl.load(a_ptr + n64 * san + ch[None, :] * sac + (y * sah + x * saw)[:, None],
+                           mask=ok, other=0.0).to(tl.float32)
+        ob = o_ptr + n64 * son + ch[None, :] * soc + (y * soh + x * sow)[:, None]
+        tl.store(ob, acc.to(o_ptr.dtype.element_ty), mask=ok)
 
 
 def _band(t: torch.Tensor, band: int) -> torch.Tensor:
@@ -191,7 +193,8 @@ def _band(t: torch.Tensor, band: int) -> torch.Tensor:
 
 
 def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
-                       keep_bands: bool = True, flip: bool = False):
+                       keep_bands: bool = True, flip: bool = False,
+                       out: Optional[torch.Tensor] = None):
     """One level: Haar subbands of ``x`` and their depthwise 'same' conv.
 
     Args:
@@ -201,6 +204,7 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
             odd), scales folded in, channels last so that a tap's weights load in one piece.
         keep_bands: return all four subbands, else only the LL band.
         flip: convolve with the kernels rotated by 180 degrees (the backward's transposed conv).
+        out: contiguous (N, h, w, 4, C) tensor to write the conv outputs into, or None.
 
     Returns:
         ``(filtered, bands)``: (N, h, w, 4, C) conv outputs and (N, h, w, 4 or 1, C) subbands,
@@ -211,39 +215,67 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
     k = weight.shape[1]
     h, w = (hh + 1) // 2, (ww + 1) // 2
     nb = 4 if keep_bands else 1
-    filtered = x.new_empty((n, h, w, 4, c))
+    filtered = x.new_empty((n, h, w, 4, c)) if out is None else out
     bands = x.new_empty((n, h, w, nb, c))
-    bp, bc = _tiles(c, 1024)
+    bp, bc = _tiles(c, ANALYSIS_TILE)
     grid = (triton.cdiv(n * h * w, bp), triton.cdiv(c, bc))
     _analysis_conv_kernel[grid](x, weight, filtered, bands, n * h * w, c,
                                 hh, ww, h, w, *x.stride(), K=k, DIL=dilation,
                                 PAD=dilation * (k - 1) // 2, FLIP=flip, NB=nb, BP=bp, BC=bc,
-                                num_warps=8)
+                                num_warps=NUM_WARPS)
     return filtered, bands
 
 
-def haar_synthesis_add(filtered: torch.Tensor, size, extra: Optional[torch.Tensor] = None,
-                       add: Optional[torch.Tensor] = None,
-                       like: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Inverse Haar transform of ``filtered`` (N, h, w, 4, C, contiguous) with ``extra``
-    (N, C, h, w, channels_last: an earlier output of this function) added to its LL band first,
-    cropped to ``size`` = (H, W), plus ``add`` (N, C, H, W, any strides). The output is like
-    ``like`` if given, else a channels_last (N, C, H, W) tensor."""
-    n, h, w, _, c = filtered.shape
-    hh, ww = size
-    if like is not None:
-        out = torch.empty_like(like)
-    else:
-        out = filtered.new_empty((n, hh, ww, c)).permute(0, 3, 1, 2)
-    if extra is not None and not extra.permute(0, 2, 3, 1).is_contiguous():
-        raise ValueError('haar_synthesis_add: extra must be channels_last contiguous')
+def level_sizes(size, levels: int):
+    """(h, w) of the filtered bands of each level for an input of ``size`` = (H, W)."""
+    h, w = size
+    out = []
+    for _ in range(levels):
+        h, w = (h + 1) // 2, (w + 1) // 2
+        out.append((h, w))
+    return out
+
+
+def packed_bands(x: torch.Tensor, levels: int) -> List[torch.Tensor]:
+    """Empty (N, h, w, 4, C) tensors for the filtered bands of every level of ``x`` (N, C, H, W),
+    views of one buffer in level order, as :func:`haar_synthesis` reads them."""
+    n, c = x.shape[:2]
+    sizes = level_sizes(x.shape[-2:], levels)
+    buf = x.new_empty(sum(n * h * w * 4 * c for h, w in sizes))
+    views, start = [], 0
+    for h, w in sizes:
+        views.append(buf[start:start + n * h * w * 4 * c].view(n, h, w, 4, c))
+        start += n * h * w * 4 * c
+    return views
+
+
+def haar_synthesis(bands: Sequence[torch.Tensor], like: torch.Tensor,
+                   add: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """All levels' inverse Haar transforms in one pass, plus ``add``.
+
+    Args:
+        bands: the filtered bands (N, h, w, 4, C) of levels 0..L-1, L >= 1, views of one buffer
+            from :func:`packed_bands`.
+        like: the level-0 input (N, C, H, W); the output takes its shape, dtype and layout.
+        add: (N, C, H, W), any strides, or None.
+
+    Level i's reconstruction is added to the LL band of level i-1 before that level's inverse,
+    so output pixel (y, x) is ``add + sum_i 2^-(i+1) (f0 + sy f1 + sx f2 + sy sx f3)`` over
+    level i's bands at (y >> (i+1), x >> (i+1)), with sy, sx = +1 or -1 by bit i of y and of
+    x. Odd sizes need no special case: the crops only drop pixels that no output reads.
+    """
+    n, _, _, _, c = bands[0].shape
+    hh, ww = like.shape[-2:]
+    for i, b in enumerate(bands[1:]):
+        if b.data_ptr() != bands[i].data_ptr() + bands[i].numel() * b.element_size():
+            raise ValueError('haar_synthesis: bands must be consecutive views (packed_bands)')
+    out = torch.empty_like(like)
     a = add if add is not None else out
-    bp, bc = _tiles(c, 2048)
-    grid = (triton.cdiv(n * h * w, bp), triton.cdiv(c, bc))
-    _synthesis_kernel[grid](filtered, extra if extra is not None else filtered, a, out,
-                            n * h * w, c, hh, ww, h, w, *a.stride(), *out.stride(),
-                            HAS_E=extra is not None, HAS_A=add is not None,
-                            BP=bp, BC=bc, num_warps=8)
+    bp, bc = _tiles(c, SYNTHESIS_TILE)
+    grid = (triton.cdiv(n * hh * ww, bp), triton.cdiv(c, bc))
+    _synthesis_kernel[grid](bands[0], a, out, n * hh * ww, n, c, hh, ww, *a.stride(),
+                            *out.stride(), LEVELS=len(bands), HAS_A=add is not None,
+                            BP=bp, BC=bc, num_warps=NUM_WARPS)
     return out
 
 
@@ -298,23 +330,18 @@ class _HaarWTConv(torch.autograd.Function):
         out = torch.nn.functional.conv2d(x, weight.to(x.dtype),
                                          None if bias is None else bias.to(x.dtype),
                                          1, pad, dilation, c)
-        filtered, kept, sizes = [], [], []
+        filtered = packed_bands(x, num)
+        kept = []
         ll = x
         for i in range(num):
-            sizes.append(ll.shape[-2:])
-            f, bands = haar_analysis_conv(ll, level_w[i], dilation, keep_bands=training)
-            filtered.append(f)
+            _, bands = haar_analysis_conv(ll, level_w[i], dilation, keep_bands=training,
+                                          out=filtered[i])
             kept.append(bands)
             ll = _band(bands, 0)
-        rec = None
-        for i in reversed(range(num)):
-            top = i == 0
-            rec = haar_synthesis_add(filtered[i], sizes[i], rec, out if top else None,
-                                     like=x if top else None)
-        ctx.dilation, ctx.pad, ctx.sizes = dilation, pad, sizes
+        ctx.dilation, ctx.pad = dilation, pad
         if training:
             ctx.save_for_backward(x, base_w, base_b, base_s, weight, level_w, ws, ss, *kept)
-        return out if rec is None else rec
+        return haar_synthesis(filtered, x, add=out) if num else out
 
     @staticmethod
     def backward(ctx, grad):
@@ -328,23 +355,17 @@ class _HaarWTConv(torch.autograd.Function):
             grad, x, weight.to(x.dtype), [c] if has_bias else None, [1, 1], [pad, pad], [d, d],
             False, [0, 0], c, [need_x, True, has_bias])
         # top-down: gradients of the filtered bands are the subbands of the level gradient
-        glw = base_w.new_empty((num, c, 4, k, k))
-        dbands = []
+        dbands = packed_bands(x, num)
+        glw = []
         g = grad
         for i in range(num):
-            dband, gbands = haar_analysis_conv(g, level_w[i], d, keep_bands=True, flip=True)
-            dbands.append(dband)
-            glw[i] = _level_weight_grad(gbands, kept[i], pad, d, k)
+            _, gbands = haar_analysis_conv(g, level_w[i], d, keep_bands=True, flip=True,
+                                           out=dbands[i])
+            glw.append(_level_weight_grad(gbands, kept[i], pad, d, k))
             g = _band(gbands, 0)
-        # bottom-up: the level gradients recombine through the inverse transform
-        if need_x:
-            r = None
-            for i in reversed(range(num)):
-                top = i == 0
-                r = haar_synthesis_add(dbands[i], ctx.sizes[i], r, gx if top else None,
-                                       like=x if top else None)
-            if r is not None:
-                gx = r
+        # bottom-up: the level gradients recombine through the inverse transforms
+        if need_x and num:
+            gx = haar_synthesis(dbands, x, add=gx)
         # unfold the scales: d(w*s)/dw = s, d(w*s)/ds = sum of w over the kernel
         scale = base_s.reshape(-1)
         gw = gw.to(base_w.dtype)
@@ -356,7 +377,7 @@ class _HaarWTConv(torch.autograd.Function):
         grads = [gx if need_x else None, None, None, gw * scale.view(-1, 1, 1, 1), gb,
                  g_scale.view_as(base_s)]
         if num:
-            glw = glw.view(num, 4 * c, 1, k, k)
+            glw = torch.stack(glw).view(num, 4 * c, 1, k, k)
             grads += list((glw * ss.view(num, 4 * c, 1, 1, 1)).unbind(0))
             grads += list((glw * ws).sum((2, 3, 4)).view_as(ss).unbind(0))
         return tuple(grads)
