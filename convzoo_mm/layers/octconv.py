@@ -573,6 +573,12 @@ class _FusedOctaveDropIn(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None
 
 
+def _fused_applies(groups: int, depthwise: bool) -> bool:
+    """Whether the fused autograd Functions serve this conv: groups = 1 only (their paths are
+    GEMMs), and eager mode (tracing and compiling record the path-by-path tensor ops)."""
+    return groups == 1 and not depthwise and eager()
+
+
 def _fused_apply(function, tensors, *args):
     """``function.apply(*tensors, *args)`` with the casts autocast would give ``F.conv2d``
     made here (the Function runs without autocast)."""
@@ -617,7 +623,7 @@ def octave_conv2d(x_high: torch.Tensor, x_low: Optional[torch.Tensor], weight: t
         tuple: ``(y_high, y_low)``; ``y_high`` (N, out_high, H', W') with ``H' = H`` (stride 1) or
         ``ceil(H/2)`` (stride 2); ``y_low`` (N, C_out - out_high, ceil(H'/2), ceil(W'/2)) or None.
     """
-    if groups == 1 and not depthwise and eager():
+    if _fused_applies(groups, depthwise):
         return _fused_octave_conv2d(x_high, x_low, weight, bias, out_high, stride, padding,
                                     dilation)
     return _octave_paths(x_high, x_low, weight, bias, out_high, stride, padding, dilation,
@@ -892,7 +898,7 @@ class OctaveConv(LayerStateDict, nn.Module):
             x_h, x_l = self._check_split_input(x)
         else:
             check_input(x, self.in_channels, name)
-            if self.groups == 1 and not self.depthwise and eager():
+            if _fused_applies(self.groups, self.depthwise):
                 return _fused_apply(_FusedOctaveDropIn, (x, self.weight, self.bias),
                                     self.in_split[0], self.out_split[0], self.stride[0],
                                     self.padding[0], self.dilation[0])
