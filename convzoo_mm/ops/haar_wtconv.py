@@ -36,6 +36,7 @@ and the inverse is the same matrix. Supported: Haar, odd kernel sizes, any dilat
 The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests
 check them without a GPU). Importing this module without Triton is fine: ``AVAILABLE`` is False.
 """
+import functools
 from typing import List, Optional, Sequence
 
 import torch
@@ -56,6 +57,7 @@ __all__ = ['AVAILABLE', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis', '
 ANALYSIS_TILE, SYNTHESIS_TILE, NUM_WARPS = 512, 1024, 8
 
 
+@functools.lru_cache(maxsize=None)
 def _tiles(c: int, elements: int):
     """(BP, BC): BP positions (half resolution in the analysis, full in the synthesis) x BC
     channels per program, about ``elements`` in all. Channels vary fastest, so every load and
@@ -63,8 +65,14 @@ def _tiles(c: int, elements: int):
     of 16 (96 = 3 x 32, no masked lanes). With NUM_WARPS warps and these tiles the kernels
     compile for sm_90 without register spills at k <= 5 (tests/test_wtconv_fused.py)."""
     low = c & -c                                   # largest power of two dividing c
-    bc = min(32, low if low >= 16 else triton.next_power_of_2(max(c, 1)))
+    bc = min(32, low if low >= 16 else 1 << (max(c, 1) - 1).bit_length())
     return max(16, elements // bc), bc
+
+
+def _cdiv(a: int, b: int) -> int:
+    """Plain-Python ceil division: ``triton.cdiv`` is a jit function, 8 us per call from Python,
+    and the launch path is what bounds this layer at small sizes."""
+    return -(-a // b)
 
 
 if AVAILABLE:
@@ -189,7 +197,7 @@ if AVAILABLE:
 
 def _band(t: torch.Tensor, band: int) -> torch.Tensor:
     """Band ``band`` of an (N, h, w, B, C) tensor as an (N, C, h, w) channels_last view."""
-    return t[:, :, :, band].permute(0, 3, 1, 2)
+    return t.select(3, band).permute(0, 3, 1, 2)
 
 
 def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
@@ -218,7 +226,7 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
     filtered = x.new_empty((n, h, w, 4, c)) if out is None else out
     bands = x.new_empty((n, h, w, nb, c))
     bp, bc = _tiles(c, ANALYSIS_TILE)
-    grid = (triton.cdiv(n * h * w, bp), triton.cdiv(c, bc))
+    grid = (_cdiv(n * h * w, bp), _cdiv(c, bc))
     _analysis_conv_kernel[grid](x, weight, filtered, bands, n * h * w, c,
                                 hh, ww, h, w, *x.stride(), K=k, DIL=dilation,
                                 PAD=dilation * (k - 1) // 2, FLIP=flip, NB=nb, BP=bp, BC=bc,
@@ -241,12 +249,9 @@ def packed_bands(x: torch.Tensor, levels: int) -> List[torch.Tensor]:
     views of one buffer in level order, as :func:`haar_synthesis` reads them."""
     n, c = x.shape[:2]
     sizes = level_sizes(x.shape[-2:], levels)
-    buf = x.new_empty(sum(n * h * w * 4 * c for h, w in sizes))
-    views, start = [], 0
-    for h, w in sizes:
-        views.append(buf[start:start + n * h * w * 4 * c].view(n, h, w, 4, c))
-        start += n * h * w * 4 * c
-    return views
+    numels = [n * h * w * 4 * c for h, w in sizes]
+    parts = x.new_empty(sum(numels)).split(numels)
+    return [part.view(n, h, w, 4, c) for part, (h, w) in zip(parts, sizes)]
 
 
 def haar_synthesis(bands: Sequence[torch.Tensor], like: torch.Tensor,
@@ -272,7 +277,7 @@ def haar_synthesis(bands: Sequence[torch.Tensor], like: torch.Tensor,
     out = torch.empty_like(like)
     a = add if add is not None else out
     bp, bc = _tiles(c, SYNTHESIS_TILE)
-    grid = (triton.cdiv(n * hh * ww, bp), triton.cdiv(c, bc))
+    grid = (_cdiv(n * hh * ww, bp), _cdiv(c, bc))
     _synthesis_kernel[grid](bands[0], a, out, n * hh * ww, n, c, hh, ww, *a.stride(),
                             *out.stride(), LEVELS=len(bands), HAS_A=add is not None,
                             BP=bp, BC=bc, num_warps=NUM_WARPS)
