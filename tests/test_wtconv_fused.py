@@ -198,3 +198,31 @@ def test_kernels_compile_for_hopper_without_spills():
         assert regs <= 255, name
         if 'k7' not in name:
             assert stack == 0, f'{name}: {stack} bytes of register spills'
+
+
+def test_second_derivative_raises_and_float64_keeps_pytorch_path():
+    """The fused backward is first-order: a gradient penalty through it must fail loudly (not
+    silently drop the second-order terms); float64 inputs must not be rounded to float32."""
+    _, fused = _pair(4, 4, 3, 2)
+    x = torch.randn(1, 4, 9, 10, device=DEVICE, requires_grad=True)
+    (gx,) = torch.autograd.grad(fused(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='once_differentiable'):
+        gx.sum().backward()
+    if CUDA:
+        auto = copy.deepcopy(fused)
+        auto.impl = 'auto'
+        assert auto.uses_fused_kernels(x)
+        assert not auto.uses_fused_kernels(x.double())
+
+
+def test_kernel_wrappers_reject_wrong_layouts():
+    """Direct callers of the kernels get a named error, not garbage read past a buffer."""
+    x = torch.randn(1, 4, 8, 8, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match=r'weight must be a contiguous float32 \(4, k, k, C=4\)'):
+        fused_ops.haar_analysis_conv(x, torch.zeros(4, 4, 3, 3, device=DEVICE))  # (C, 4, k, k)
+    bands = fused_ops.packed_bands(x[:, :, :4, :4], 2)
+    with pytest.raises(ValueError, match='packed_bands views of an input like'):
+        fused_ops.haar_synthesis(bands, like=x)                     # bands of a 4x4 input
+    good = fused_ops.packed_bands(x, 2)
+    with pytest.raises(ValueError, match='packed_bands views'):
+        fused_ops.haar_synthesis(good[::-1], like=x)

@@ -291,9 +291,11 @@ class WTConv(LayerStateDict, nn.Module):
         wt_type (str): orthogonal pywavelets wavelet name ('db1' = Haar). Default 'db1'.
         impl (str): 'auto' (default) runs the fused Triton kernels
             (:mod:`convzoo_mm.ops.haar_wtconv`) for CUDA inputs when Triton is installed, the
-            wavelet is Haar and k is odd, and the PyTorch path otherwise (and while exporting,
-            tracing or compiling); 'torch' always takes the PyTorch path; 'triton' requires the
-            kernels (CUDA inputs, or CPU under ``TRITON_INTERPRET=1``). Same outputs either way.
+            wavelet is Haar and k is odd, and the PyTorch path otherwise (float64 inputs, and
+            while exporting, tracing or compiling); 'torch' always takes the PyTorch path;
+            'triton' requires the kernels (CUDA inputs, or CPU under ``TRITON_INTERPRET=1``).
+            Same outputs either way. The kernels accumulate in float32 and give first
+            derivatives only (a second derivative through them raises; use 'torch').
 
     Shape:
         input (N, C, H, W) with any H, W >= 1 -> output (N, O, ceil(H/s), ceil(W/s)).
@@ -416,9 +418,12 @@ class WTConv(LayerStateDict, nn.Module):
         """Whether :meth:`forward` runs the Triton kernels for this input (see ``impl``)."""
         if self.impl == 'triton':
             return True
+        # the kernels accumulate in float32 (float64 keeps the PyTorch path) and index one
+        # image, and the positions of the batch, with 32-bit offsets
         return (self.impl == 'auto' and x.is_cuda and self.is_haar
                 and self.kernel_size[0] % 2 == 1 and x.numel() > 0 and eager()
-                and _fused_ops().AVAILABLE)
+                and x.dtype != torch.float64 and x.numel() // x.shape[0] < 2 ** 31
+                and x.numel() // x.shape[1] < 2 ** 31 and _fused_ops().AVAILABLE)
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise WTConv at stride 1 through :func:`convzoo_mm.ops.haar_wtconv.haar_wtconv`."""

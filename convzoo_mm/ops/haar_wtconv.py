@@ -40,6 +40,7 @@ import functools
 from typing import List, Optional, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 try:  # Triton is optional: CI and CPU-only installs run the PyTorch path.
     import triton
@@ -219,6 +220,16 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
         h = ceil(H/2), w = ceil(W/2), both contiguous in x's dtype (:func:`_band` views one band
         as (N, C, h, w)).
     """
+    c, k = x.shape[1], weight.shape[1]
+    if (weight.shape != (4, k, k, c) or weight.dtype != torch.float32
+            or not weight.is_contiguous()):
+        raise ValueError(f'haar_analysis_conv: weight must be a contiguous float32 (4, k, k, C='
+                         f'{c}) tensor, got {weight.dtype} {tuple(weight.shape)}')
+    return _analysis(x, weight, dilation, keep_bands, flip, out)
+
+
+def _analysis(x, weight, dilation, keep_bands, flip, out):
+    """:func:`haar_analysis_conv` without the argument checks (the layer's own calls)."""
     n, c, hh, ww = x.shape
     k = weight.shape[1]
     h, w = (hh + 1) // 2, (ww + 1) // 2
@@ -269,11 +280,21 @@ def haar_synthesis(bands: Sequence[torch.Tensor], like: torch.Tensor,
     level i's bands at (y >> (i+1), x >> (i+1)), with sy, sx = +1 or -1 by bit i of y and of
     x. Odd sizes need no special case: the crops only drop pixels that no output reads.
     """
-    n, _, _, _, c = bands[0].shape
-    hh, ww = like.shape[-2:]
-    for i, b in enumerate(bands[1:]):
-        if b.data_ptr() != bands[i].data_ptr() + bands[i].numel() * b.element_size():
-            raise ValueError('haar_synthesis: bands must be consecutive views (packed_bands)')
+    n, c, hh, ww = like.shape
+    shapes = [(n, h, w, 4, c) for h, w in level_sizes((hh, ww), len(bands))]
+    if [tuple(b.shape) for b in bands] != shapes or any(
+            not b.is_contiguous() or b.dtype != like.dtype for b in bands) or any(
+            b.data_ptr() != a.data_ptr() + a.numel() * a.element_size()
+            for a, b in zip(bands, bands[1:])):
+        raise ValueError(f'haar_synthesis: bands must be the packed_bands views of an input like '
+                         f'`like` ({like.dtype}, levels of shapes {shapes}), got '
+                         f'{[(b.dtype, tuple(b.shape)) for b in bands]}')
+    return _synthesis(bands, like, add)
+
+
+def _synthesis(bands, like, add):
+    """:func:`haar_synthesis` without the argument checks (the layer's own calls)."""
+    n, c, hh, ww = like.shape
     out = torch.empty_like(like)
     a = add if add is not None else out
     bp, bc = _tiles(c, SYNTHESIS_TILE)
@@ -339,16 +360,16 @@ class _HaarWTConv(torch.autograd.Function):
         kept = []
         ll = x
         for i in range(num):
-            _, bands = haar_analysis_conv(ll, level_w[i], dilation, keep_bands=training,
-                                          out=filtered[i])
+            _, bands = _analysis(ll, level_w[i], dilation, training, False, filtered[i])
             kept.append(bands)
             ll = _band(bands, 0)
         ctx.dilation, ctx.pad = dilation, pad
         if training:
             ctx.save_for_backward(x, base_w, base_b, base_s, weight, level_w, ws, ss, *kept)
-        return haar_synthesis(filtered, x, add=out) if num else out
+        return _synthesis(filtered, x, out) if num else out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         x, base_w, base_b, base_s, weight, level_w, ws, ss, *kept = ctx.saved_tensors
         d, pad = ctx.dilation, ctx.pad
@@ -364,13 +385,12 @@ class _HaarWTConv(torch.autograd.Function):
         glw = []
         g = grad
         for i in range(num):
-            _, gbands = haar_analysis_conv(g, level_w[i], d, keep_bands=True, flip=True,
-                                           out=dbands[i])
+            _, gbands = _analysis(g, level_w[i], d, True, True, dbands[i])
             glw.append(_level_weight_grad(gbands, kept[i], pad, d, k))
             g = _band(gbands, 0)
         # bottom-up: the level gradients recombine through the inverse transforms
         if need_x and num:
-            gx = haar_synthesis(dbands, x, add=gx)
+            gx = _synthesis(dbands, x, gx)
         # unfold the scales: d(w*s)/dw = s, d(w*s)/ds = sum of w over the kernel
         scale = base_s.reshape(-1)
         gw = gw.to(base_w.dtype)
