@@ -144,11 +144,11 @@ ints = dict.fromkeys(['P', 'C', 'H', 'W', 'h', 'w', 'N', 'sxn', 'sxc', 'sxh', 's
                       'sah', 'saw', 'son', 'soc', 'soh', 'sow'], 'i32')
 
 
-def usage(fn, ptrs, const):
+def usage(fn, ptrs, const, arch=90):
     names = fn.arg_names
     sig = {a: ptrs.get(a) or ints.get(a) or 'constexpr' for a in names}
     kernel = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const),
-                            target=GPUTarget('cuda', 90, 32), options={'num_warps': hw.NUM_WARPS})
+                            target=GPUTarget('cuda', arch, 32), options={'num_warps': hw.NUM_WARPS})
     with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
         f.write(kernel.asm['cubin'])
         f.flush()
@@ -169,16 +169,24 @@ for dt, levels, has_a in [('bf16', 5, 1), ('fp32', 1, 0)]:
     ptrs = {'f_ptr': '*' + dt, 'a_ptr': '*' + dt, 'o_ptr': '*' + dt}
     out[f'synthesis {dt} L{levels}'] = usage(hw._synthesis_kernel, ptrs,
                                              dict(LEVELS=levels, HAS_A=has_a, BP=bp, BC=bc))
+# Ampere (A100) too, fp16: compiles; spills not checked there
+bp, bc = hw._tiles(96, hw.ANALYSIS_TILE)
+usage(hw._analysis_conv_kernel, {'x_ptr': '*fp16', 'w_ptr': '*fp32', 'f_ptr': '*fp16',
+                                 'b_ptr': '*fp16'},
+      dict(K=5, DIL=1, PAD=2, FLIP=1, NB=4, BP=bp, BC=bc), arch=80)
+bp, bc = hw._tiles(96, hw.SYNTHESIS_TILE)
+usage(hw._synthesis_kernel, {'f_ptr': '*fp16', 'a_ptr': '*fp16', 'o_ptr': '*fp16'},
+      dict(LEVELS=3, HAS_A=1, BP=bp, BC=bc), arch=80)
 print(json.dumps(out))
 '''
 
 
 def test_kernels_compile_for_hopper_without_spills():
     """CI has no GPU and runs the kernels in Triton's interpreter, which accepts programs the
-    compiler may not: compile them for sm_90 (Triton's bundled ptxas, no GPU needed) at the launch
-    configuration of the wrappers, and check that the k=5 kernels and the synthesis keep all
-    values in registers (spills to local memory were what made an earlier tiling slow and its
-    compile take 10-40 s per variant)."""
+    compiler may not: compile them for sm_90 and sm_80 (Triton's bundled ptxas, no GPU needed)
+    at the launch configuration of the wrappers, and check that on sm_90 the k=5 kernels and
+    the synthesis keep all values in registers (spills to local memory were what made an
+    earlier tiling slow and its compile take 10-40 s per variant)."""
     import os
     import subprocess
     import sys
