@@ -4,7 +4,7 @@
 //
 // For output positions pos[j0..j1) of a batch of padded channels-last samples xp (N, Hp, Wp, C):
 //     u[g, j, b, c] = sum_t coef[n, b, t] * xp[n, y(j) + ty * d, x(j) + tx * d, g * Cg + c]
-// with n = pos[j] / (Ho * Wo), q = pos[j] % (Ho * Wo), y(j) = (q / Wo) * s, x(j) = (q % Wo) * s,
+// with n = pos[j] / (Ho * Wo), yx = pos[j] % (Ho * Wo), y(j) = (yx / Wo) * s, x(j) = (yx % Wo) * s,
 // t = ty * k + tx, and u laid out (G, J, B, Cg). Per vector of channels, up to 8 bases are
 // summed over all taps in registers (each tap's load shared by them), then written once.
 template <typename T, int NB>
@@ -35,8 +35,8 @@ void region_tap_mix_rows(const T* xp, int64_t Hp, int64_t Wp, int64_t C, const i
   const int64_t Cg = C / G, taps = k * k;
   std::vector<const T*> src(taps);
   for (int64_t j = j0; j < j1; ++j) {
-    const int64_t n = pos[j] / (Ho * Wo), q = pos[j] % (Ho * Wo);
-    const int64_t y = (q / Wo) * s, x = (q % Wo) * s;
+    const int64_t n = pos[j] / (Ho * Wo), yx = pos[j] % (Ho * Wo);
+    const int64_t y = (yx / Wo) * s, x = (yx % Wo) * s;
     const T* xn = xp + n * Hp * Wp * C;
     const T* cn = coef + n * B * taps;
     for (int64_t g = 0; g < G; ++g) {
