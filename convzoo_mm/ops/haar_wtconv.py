@@ -89,9 +89,7 @@ if AVAILABLE:
         return p, n, u, v, ch, p < P, ch < C
 
     # sizes vary from image to image in detection: not specializing on them avoids recompiles
-    _SIZES = ['P', 'H', 'W', 'h', 'w']
-
-    @triton.jit(do_not_specialize=_SIZES)
+    @triton.jit(do_not_specialize=['P', 'H', 'W', 'h', 'w'])
     def _analysis_conv_kernel(x_ptr, w_ptr, f_ptr, b_ptr, P, C, H, W, h, w,
                               sxn, sxc, sxh, sxw,
                               K: tl.constexpr, DIL: tl.constexpr, PAD: tl.constexpr,
