@@ -14,14 +14,13 @@ import glob
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.utils import ROOT, run_tool
+from tests.utils import ROOT, free_port, run_tool
 
 ENV = {'OMP_NUM_THREADS': '1'}
 SEG = {
@@ -87,12 +86,6 @@ def model_overrides(node, gn_groups=None):
 
 def no_flip(pipeline):
     return [dict(t) for t in pipeline if t['type'] != 'RandomFlip']
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def dist_train(config, nproc, work_dir, *args):

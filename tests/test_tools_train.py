@@ -11,7 +11,7 @@ import torch
 
 from convzoo_mm.demo.run import DEMO_CONFIGS, latest_metrics
 from convzoo_mm.runner import mm_tool_path
-from tests.utils import ROOT, run_tool
+from tests.utils import ROOT, free_port, run_tool
 
 DET, SEG = DEMO_CONFIGS['det'], DEMO_CONFIGS['seg']
 # tiny runs: 8 training images (one iteration per epoch at batch 8), no validation
@@ -79,7 +79,7 @@ def test_dist_train_two_processes_gloo(demo_data, tmp_path):
     mmengine shims): both ranks train, rank 0 saves a checkpoint of the run's iteration."""
     import subprocess
     work = str(tmp_path / 'dist')
-    env = dict(os.environ, PYTHON=sys.executable, PORT='29531', OMP_NUM_THREADS='1',
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), OMP_NUM_THREADS='1',
                PYTHONPATH=ROOT)
     proc = subprocess.run(
         ['bash', os.path.join(ROOT, 'tools', 'dist_train.sh'), SEG, '2', '--work-dir', work,

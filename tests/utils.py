@@ -1,9 +1,17 @@
 """Shared test helpers."""
 import os
+import socket
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    """A TCP port nobody listens on now (for torchrun: CI runs side by side must not collide)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def run_tool(script, *args, timeout=900, env=None):
