@@ -140,8 +140,9 @@ from triton.backends.compiler import GPUTarget
 from convzoo_mm.ops import haar_wtconv as hw
 
 BIN = sys.argv[1]
-ints = dict.fromkeys(['P', 'C', 'H', 'W', 'h', 'w', 'N', 'sxn', 'sxc', 'sxh', 'sxw', 'san', 'sac',
-                      'sah', 'saw', 'son', 'soc', 'soh', 'sow'], 'i32')
+ints = dict.fromkeys(['P', 'C', 'H', 'W', 'h', 'w', 'N', 'CHUNK', 'col', 'row', 'sxn', 'sxc', 'sxh',
+                      'sxw', 'san', 'sac', 'sah', 'saw', 'son', 'soc', 'soh', 'sow', 'sgn', 'sgc',
+                      'sgh', 'sgw'], 'i32')
 
 
 def usage(fn, ptrs, const, arch=90):
@@ -165,11 +166,24 @@ for dt, k, flip, nb, arch in [('fp32', 5, 0, 4, 90), ('bf16', 5, 1, 4, 90), ('fp
     out[f'sm{arch} analysis {dt} k{k} flip{flip} nb{nb}'] = usage(
         hw._analysis_conv_kernel, ptrs,
         dict(K=k, DIL=1, PAD=(k - 1) // 2, FLIP=flip, NB=nb, BP=bp, BC=bc), arch)
-for dt, levels, has_a, arch in [('bf16', 5, 1, 90), ('fp32', 1, 0, 90), ('fp16', 3, 1, 80)]:
+for dt, levels, k, flip, bias, arch in [('bf16', 5, 5, 0, 1, 90), ('fp32', 1, 5, 1, 0, 90),
+                                       ('fp16', 3, 3, 0, 1, 80)]:
     bp, bc = hw._tiles(96, hw.SYNTHESIS_TILE)
-    ptrs = {'f_ptr': '*' + dt, 'a_ptr': '*' + dt, 'o_ptr': '*' + dt}
-    out[f'sm{arch} synthesis {dt} L{levels}'] = usage(
-        hw._synthesis_kernel, ptrs, dict(LEVELS=levels, HAS_A=has_a, BP=bp, BC=bc), arch)
+    ptrs = {'f_ptr': '*' + dt, 'a_ptr': '*' + dt, 'w_ptr': '*fp32', 'b_ptr': '*fp32',
+            'o_ptr': '*' + dt}
+    out[f'sm{arch} synthesis {dt} L{levels} k{k}'] = usage(
+        hw._synthesis_kernel, ptrs, dict(LEVELS=levels, K=k, DIL=1, PAD=(k - 1) // 2, FLIP=flip,
+                                         HAS_BIAS=bias, BP=bp, BC=bc), arch)
+for dt, k, bias, arch in [('fp32', 5, 1, 90), ('bf16', 5, 0, 90), ('fp32', 7, 0, 90),
+                          ('fp16', 3, 1, 80)]:
+    kk = 1 << (k * k - 1).bit_length()
+    bc = hw._tiles(96, hw.WEIGHT_GRAD_TILE)[1]
+    ptrs = {'g_ptr': '*' + dt, 'x_ptr': '*' + dt, 'part_ptr': '*fp32'}
+    out[f'sm{arch} weight grad {dt} k{k}'] = usage(
+        hw._weight_grad_kernel, ptrs, dict(K=k, KK=kk, DIL=1, PAD=(k - 1) // 2, BANDS=4 - 3 * bias,
+                                           BIAS=bias,
+                                           BP=max(1, hw.WEIGHT_GRAD_TILE // (kk * bc)), BC=bc),
+        arch)
 print(json.dumps(out))
 '''
 
@@ -194,7 +208,7 @@ def test_kernels_compile_for_hopper_without_spills():
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     usage = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(usage) == 7
+    assert len(usage) == 11
     for name, (regs, stack) in usage.items():
         assert regs <= 255, name
         if name.startswith('sm90') and 'k7' not in name:
@@ -219,11 +233,109 @@ def test_second_derivative_raises_and_float64_keeps_pytorch_path():
 def test_kernel_wrappers_reject_wrong_layouts():
     """Direct callers of the kernels get a named error, not garbage read past a buffer."""
     x = torch.randn(1, 4, 8, 8, device=DEVICE).contiguous(memory_format=torch.channels_last)
-    with pytest.raises(ValueError, match=r'weight must be a contiguous float32 \(4, k, k, C=4\)'):
+    with pytest.raises(ValueError, match=r'weight must be a contiguous float32 \(4, k, k, C=4\) '):
         fused_ops.haar_analysis_conv(x, torch.zeros(4, 4, 3, 3, device=DEVICE))  # (C, 4, k, k)
+    kernel = torch.zeros(3, 3, 4, device=DEVICE)
     bands = fused_ops.packed_bands(x[:, :, :4, :4], 2)
     with pytest.raises(ValueError, match='packed_bands views of an input like'):
-        fused_ops.haar_synthesis(bands, like=x)                     # bands of a 4x4 input
+        fused_ops.haar_synthesis(bands, x, kernel)                  # bands of a 4x4 input
     good = fused_ops.packed_bands(x, 2)
     with pytest.raises(ValueError, match='packed_bands views'):
-        fused_ops.haar_synthesis(good[::-1], like=x)
+        fused_ops.haar_synthesis(good[::-1], x, kernel)
+    with pytest.raises(ValueError, match=r'base_weight must be a contiguous float32 \(k, k, C=4\)'):
+        fused_ops.haar_synthesis(good, x, torch.zeros(4, 1, 3, 3, device=DEVICE))  # (C, 1, k, k)
+    with pytest.raises(ValueError, match='base_weight must have an odd kernel size, got 2'):
+        fused_ops.haar_synthesis(good, x, torch.zeros(2, 2, 4, device=DEVICE))
+    with pytest.raises(ValueError, match=r'base_bias must be a contiguous float32 \(C=4, \)'):
+        fused_ops.haar_synthesis(good, x, kernel, torch.zeros(4, device=DEVICE).half())
+    with pytest.raises(ValueError, match='kernel_size must be odd, got 4'):
+        fused_ops.depthwise_weight_grad(x, x, 4)
+    with pytest.raises(ValueError, match=r'grad_out \(1, 4, 8, 7\) and x \(1, 4, 8, 8\)'):
+        fused_ops.depthwise_weight_grad(x[..., :7], x, 3)
+
+
+@pytest.mark.parametrize('n,c,h,w,k,dilation,bias,cl,dtype', [
+    (2, 3, 17, 13, 3, 1, True, False, torch.float32),
+    (3, 40, 25, 31, 5, 1, False, True, torch.float32),   # 2325 positions: 5 programs' sums
+    (1, 5, 9, 7, 7, 2, True, True, torch.float32),
+    (2, 33, 6, 5, 5, 3, True, False, torch.float32),     # dilation past the image
+    (2, 16, 12, 10, 5, 1, True, True, torch.bfloat16),
+])
+def test_depthwise_weight_grad_matches_autograd(n, c, h, w, k, dilation, bias, cl, dtype):
+    """Independent oracle: autograd through F.conv2d (groups=C) in float64."""
+    torch.manual_seed(0)
+    x = torch.randn(n, c, h, w, device=DEVICE).to(dtype)
+    g = torch.randn(n, c, h, w, device=DEVICE).to(dtype)
+    if cl:
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    weight = torch.zeros(c, 1, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
+    out = torch.nn.functional.conv2d(x.cpu().double(), weight, b, 1, dilation * (k - 1) // 2,
+                                     dilation, c)
+    out.backward(g.cpu().double())
+    got = fused_ops.depthwise_weight_grad(g, x, k, dilation, bias=bias)
+    got_w, got_b = got if bias else (got, None)
+    assert got_w.dtype == torch.float32 and got_w.shape == (c, 1, k, k)
+    tol = 1e-4 if dtype == torch.float32 else 1e-3
+    torch.testing.assert_close(got_w.cpu().double(), weight.grad, rtol=tol, atol=tol)
+    if bias:
+        torch.testing.assert_close(got_b.cpu().double(), b.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_synthesis_without_levels_is_the_base_conv(flip):
+    """With no levels haar_synthesis is the depthwise conv itself: F.conv2d, and with the kernel
+    flipped the transposed conv (the base conv's input gradient)."""
+    torch.manual_seed(0)
+    c, k, d = 6, 5, 2
+    x = torch.randn(2, c, 11, 14, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, 1, k, k, device=DEVICE)
+    bias = torch.randn(c, device=DEVICE)
+    kernel = weight.view(c, k, k).permute(1, 2, 0).contiguous()
+    got = fused_ops.haar_synthesis([], x, kernel, bias, d, flip)
+    pad = d * (k - 1) // 2
+    conv = torch.nn.functional.conv_transpose2d if flip else torch.nn.functional.conv2d
+    want = conv(x, weight, bias, 1, pad, dilation=d, groups=c) if flip else \
+        conv(x, weight, bias, 1, pad, d, c)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_path_runs_only_its_own_kernels(monkeypatch):
+    """The fused path's design, checked by counting: a training forward is L analysis launches
+    and one synthesis (the base conv is inside it), the backward L more analysis launches, L + 1
+    weight-gradient launches and one synthesis; neither calls a PyTorch convolution (cuDNN's
+    depthwise weight gradient was the slow part of the backward, and each cuDNN call costs host
+    time when the layer is bound by kernel launches)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    launches = []
+    for name in ('_analysis_conv_kernel', '_synthesis_kernel', '_weight_grad_kernel'):
+        kernel = getattr(fused_ops, name)
+
+        class Counted:
+            def __init__(self, kernel, name):
+                self.kernel, self.name = kernel, name
+
+            def __getitem__(self, grid):
+                launches.append(self.name)
+                return self.kernel[grid]
+        monkeypatch.setattr(fused_ops, name, Counted(kernel, name[1:-7]))
+
+    class Ops(TorchDispatchMode):
+        seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    levels = 3
+    _, fused = _pair(4, 4, 5, levels)
+    x = torch.randn(2, 4, 19, 14, device=DEVICE, requires_grad=True)
+    with Ops() as ops:
+        out = fused(x)
+        forward = list(launches)
+        out.sum().backward()
+    assert forward == ['analysis_conv'] * levels + ['synthesis']
+    backward = launches[len(forward):]
+    assert sorted(backward) == sorted(['analysis_conv'] * levels + ['weight_grad'] * (levels + 1)
+                                      + ['synthesis'])
+    assert not any('conv' in op for op in ops.seen), sorted(ops.seen)

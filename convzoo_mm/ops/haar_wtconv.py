@@ -3,29 +3,36 @@
 Why it is fast: the published layer runs, per wavelet level, a stride-2 grouped conv (transform),
 a depthwise conv, a scale, a concatenation, a transposed grouped conv (inverse) and a crop, each a
 separate kernel with its own full pass over memory, and as many again in the backward. Here a
-pass is L + 1 kernels:
+forward is L + 1 kernels and no library call:
 
 * ``analysis + conv``, one per level: forms the four Haar subbands of the level's input on the fly
   (odd sizes zero-padded by masking) and applies the depthwise k x k conv with the learnable scale
   already folded into its weights; it also writes the subbands themselves (the LL band feeds the
   next level; all four are kept for the weight gradient when training).
-* ``synthesis``, one for all levels: every output pixel adds the base conv's output and, for each
-  level, the inverse transform of that level's filtered bands at its ancestor position (deeper
-  reconstructions enter the LL band before each inverse, so they unroll into a sum; odd sizes
-  need no special case). One launch instead of L matters: at small sizes the layer is bound by
-  the CPU that launches kernels.
+* ``synthesis``, one for all levels and the base conv: every output pixel is the base depthwise
+  conv of the input at that pixel (scale and bias folded in) plus, for each level, the inverse
+  transform of that level's filtered bands at its ancestor position (deeper reconstructions enter
+  the LL band before each inverse, so they unroll into a sum; odd sizes need no special case).
+  One launch instead of L + 1 matters: at small sizes the layer is bound by the CPU that launches
+  kernels, and the base conv's output never makes a round trip through memory.
 
 The backward is the same kernels again, because the Haar transform is orthogonal: the gradient
 flows top-down through ``analysis + conv`` (the conv with its kernel flipped) and bottom-up
-through ``synthesis``. The base conv and the depthwise weight gradients use cuDNN.
+through ``synthesis`` (whose base conv, flipped, is the base conv's input gradient). The weight
+gradients of the base conv and of every level are one ``weight grad`` kernel each: a program sums
+``g * x`` over a chunk of positions for all k*k taps at once, its partial sums go to one row of a
+buffer shared by all of them, and one sum over the rows finishes every weight gradient (fixed
+order: deterministic). cuDNN's depthwise weight gradient was the slowest kernel of the backward
+and each cuDNN call costs host time, so the fused path calls no convolution at all.
 
 Memory layout: everything is channels_last. A program owns a tile of half-resolution positions x
 channels with channels fastest, so each load and store of a tile row is one contiguous piece (the
 backbones hand over channels_last tensors: ConvNeXt blocks permute from NHWC). Subbands and
 filtered bands are (N, h, w, 4, C): one band is a channels_last (N, C, h, w) view, the LL band
 feeds the next level without a copy, and all four viewed as (N, 4C, h, w) channels_last (channel
-band*C + c) go to cuDNN's depthwise weight gradient without a copy. The kernel weights are
-(4, k, k, C), so a tap's weights load in one piece too.
+band*C + c) are the input of the level's weight gradient. The kernel weights are (4, k, k, C) and
+(k, k, C), so a tap's weights load in one piece too; the weight gradients are written in the
+parameters' own layouts.
 
 Math (per channel, the 2x2 block p_rc at rows 2u+r, columns 2v+c of the level input):
 ``LL = (p00+p01+p10+p11)/2``, ``b1 = (p00+p01-p10-p11)/2``, ``b2 = (p00-p01+p10-p11)/2``,
@@ -51,11 +58,13 @@ except ImportError:  # pragma: no cover - depends on the machine
 AVAILABLE = triton is not None
 
 __all__ = ['AVAILABLE', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis', 'packed_bands',
-           'level_sizes']
+           'level_sizes', 'depthwise_weight_grad']
 
 
-# launch configuration: positions x channels per program (see _tiles) and warps per program
+# launch configuration: positions x channels per program (see _tiles) and warps per program;
+# the weight-gradient sums: positions x taps x channels per program, and programs along positions
 ANALYSIS_TILE, SYNTHESIS_TILE, NUM_WARPS = 512, 1024, 8
+WEIGHT_GRAD_TILE, WEIGHT_GRAD_SPLITS = 4096, 128
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,11 +169,12 @@ if AVAILABLE:
             tl.store(bb + 3 * C, ((p00 - p01 - p10 + p11) * 0.5).to(out_ty), mask=ok)
 
     @triton.jit(do_not_specialize=['P', 'N', 'H', 'W'])
-    def _synthesis_kernel(f_ptr, a_ptr, o_ptr, P, N, C, H, W,
+    def _synthesis_kernel(f_ptr, a_ptr, w_ptr, b_ptr, o_ptr, P, N, C, H, W,
                           san, sac, sah, saw, son, soc, soh, sow,
-                          LEVELS: tl.constexpr, HAS_A: tl.constexpr,
+                          LEVELS: tl.constexpr, K: tl.constexpr, DIL: tl.constexpr,
+                          PAD: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr,
                           BP: tl.constexpr, BC: tl.constexpr):
-        # full-resolution positions: the inverse transforms of all levels in one pass
+        # full-resolution positions: the base conv and the inverse transforms of all levels
         p, n, y, x, ch, p_ok, c_ok = _tile(P, C, H, W, BP, BC)
         ok = p_ok[:, None] & c_ok[None, :]
         acc = tl.zeros([BP, BC], dtype=tl.float32)
@@ -186,12 +196,74 @@ if AVAILABLE:
             acc += weight * (f0 + sy * f1 + sx * (f2 + sy * f3))
             off += N.to(tl.int64) * hi * wi * 4 * C
             weight = weight * 0.5
+        # the base depthwise 'same' conv of a at (y, x), weights (K, K, C)
         n64 = n.to(tl.int64)[:, None]
-        if HAS_A:
-            acc += tl.load(a_ptr + n64 * san + ch[None, :] * sac + (y * sah + x * saw)[:, None],
-                           mask=ok, other=0.0).to(tl.float32)
+        ab = a_ptr + n64 * san + ch[None, :] * sac
+        for dy in range(K):
+            yy = y + (dy * DIL - PAD)
+            row_ok = p_ok & (yy >= 0) & (yy < H)
+            for dx in tl.static_range(K):
+                xx = x + (dx * DIL - PAD)
+                m = row_ok & (xx >= 0) & (xx < W)
+                if FLIP:
+                    t = K * K - 1 - (dy * K + dx)
+                else:
+                    t = dy * K + dx
+                v = tl.load(ab + (yy * sah + xx * saw)[:, None], mask=m[:, None] & c_ok[None, :],
+                            other=0.0).to(tl.float32)
+                acc += v * tl.load(w_ptr + t * C + ch, mask=c_ok, other=0.0)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + ch, mask=c_ok, other=0.0)[None, :]
         ob = o_ptr + n64 * son + ch[None, :] * soc + (y * soh + x * sow)[:, None]
         tl.store(ob, acc.to(o_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit(do_not_specialize=['P', 'H', 'W', 'CHUNK', 'col'])
+    def _weight_grad_kernel(g_ptr, x_ptr, part_ptr, P, C, H, W, CHUNK, col, row,
+                            sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+                            K: tl.constexpr, KK: tl.constexpr, DIL: tl.constexpr,
+                            PAD: tl.constexpr, BANDS: tl.constexpr, BIAS: tl.constexpr,
+                            BP: tl.constexpr, BC: tl.constexpr):
+        # program (s, cb): sums over the positions [s*CHUNK, (s+1)*CHUNK) of N*H*W, for all K*K
+        # taps t = (dy, dx) at once (a [positions, taps, channels] tile, taps padded to KK):
+        # part[s, col + j*K*K + t] = sum_p g[p, c] x[p + (dy, dx) - PAD, c], in the layout of
+        # the layer's parameter: channel c = band*(C/BANDS) + i of the input is its channel
+        # j = i*BANDS + band; with BIAS also part[s, col + K*K*C + c] = sum_p g[p, c]
+        s = tl.program_id(0)
+        ch = tl.program_id(1) * BC + tl.arange(0, BC)
+        c_ok = ch < C
+        t = tl.arange(0, KK)
+        ty = (t // K) * DIL - PAD
+        tx = (t % K) * DIL - PAD
+        t_ok = t < K * K
+        acc = tl.zeros([BP, KK, BC], dtype=tl.float32)
+        gsum = tl.zeros([BP, BC], dtype=tl.float32)
+        hw = H * W
+        for i in range(0, CHUNK, BP):
+            p = s * CHUNK + i + tl.arange(0, BP)
+            p_ok = p < P
+            n = p // hw
+            y = (p % hw) // W
+            x = p % W
+            n64 = n.to(tl.int64)
+            g = tl.load(g_ptr + n64[:, None] * sgn + ch[None, :] * sgc
+                        + (y * sgh + x * sgw)[:, None],
+                        mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+            yy = y[:, None] + ty[None, :]
+            xx = x[:, None] + tx[None, :]
+            m = (p_ok[:, None] & t_ok[None, :] & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W))
+            v = tl.load(x_ptr + (n64[:, None] * sxn + yy * sxh + xx * sxw)[:, :, None]
+                        + (ch * sxc)[None, None, :],
+                        mask=m[:, :, None] & c_ok[None, None, :], other=0.0).to(tl.float32)
+            acc += g[:, None, :] * v
+            if BIAS:
+                gsum += g
+        pb = part_ptr + s.to(tl.int64) * row + col
+        cb = C // BANDS
+        j = (ch % cb) * BANDS + ch // cb
+        tl.store(pb + t[:, None] + j[None, :] * (K * K), tl.sum(acc, axis=0),
+                 mask=t_ok[:, None] & c_ok[None, :])
+        if BIAS:
+            tl.store(pb + K * K * C + ch, tl.sum(gsum, axis=0), mask=c_ok)
 
 
 def _band(t: torch.Tensor, band: int) -> torch.Tensor:
@@ -218,11 +290,9 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
         h = ceil(H/2), w = ceil(W/2), both contiguous in x's dtype (:func:`_band` views one band
         as (N, C, h, w)).
     """
-    c, k = x.shape[1], weight.shape[1]
-    if (weight.shape != (4, k, k, c) or weight.dtype != torch.float32
-            or not weight.is_contiguous()):
-        raise ValueError(f'haar_analysis_conv: weight must be a contiguous float32 (4, k, k, C='
-                         f'{c}) tensor, got {weight.dtype} {tuple(weight.shape)}')
+    k = weight.shape[1]
+    c = x.shape[1]
+    _check_weight('haar_analysis_conv', 'weight', weight, (4, k, k, c), f'(4, k, k, C={c})')
     return _analysis(x, weight, dilation, keep_bands, flip, out)
 
 
@@ -263,77 +333,164 @@ def packed_bands(x: torch.Tensor, levels: int) -> List[torch.Tensor]:
     return [part.view(n, h, w, 4, c) for part, (h, w) in zip(parts, sizes)]
 
 
-def haar_synthesis(bands: Sequence[torch.Tensor], like: torch.Tensor,
-                   add: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """All levels' inverse Haar transforms in one pass, plus ``add``.
+def haar_synthesis(bands: Sequence[torch.Tensor], base_input: torch.Tensor,
+                   base_weight: torch.Tensor, base_bias: Optional[torch.Tensor] = None,
+                   dilation: int = 1, flip: bool = False) -> torch.Tensor:
+    """All levels' inverse Haar transforms plus the base depthwise conv, in one pass.
 
     Args:
-        bands: the filtered bands (N, h, w, 4, C) of levels 0..L-1, L >= 1, views of one buffer
-            from :func:`packed_bands`.
-        like: the level-0 input (N, C, H, W); the output takes its shape, dtype and layout.
-        add: (N, C, H, W), any strides, or None.
+        bands: the filtered bands (N, h, w, 4, C) of levels 0..L-1, L >= 0, views of one buffer
+            from :func:`packed_bands` of ``base_input``.
+        base_input: (N, C, H, W), any strides (fastest channels_last); the output takes its
+            shape, dtype and layout.
+        base_weight: (k, k, C) float32 contiguous, k odd: the base conv's kernel, scale folded
+            in, taps first so that a tap's weights load in one piece.
+        base_bias: (C,) float32 or None.
+        flip: convolve with the kernel rotated by 180 degrees (the backward's transposed conv).
 
-    Level i's reconstruction is added to the LL band of level i-1 before that level's inverse,
-    so output pixel (y, x) is ``add + sum_i 2^-(i+1) (f0 + sy f1 + sx f2 + sy sx f3)`` over
-    level i's bands at (y >> (i+1), x >> (i+1)), with sy, sx = +1 or -1 by bit i of y and of
-    x. Odd sizes need no special case: the crops only drop pixels that no output reads.
+    Output pixel (y, x) is ``conv(base_input)[y, x] + bias + sum_i 2^-(i+1) (f0 + sy f1 + sx
+    f2 + sy sx f3)`` over level i's bands at (y >> (i+1), x >> (i+1)), with sy, sx = +1 or -1
+    by bit i of y and of x: level i's reconstruction is added to the LL band of level i-1
+    before that level's inverse, so the inverses unroll into this sum. Odd sizes need no
+    special case: the crops only drop pixels that no output reads.
     """
-    n, c, hh, ww = like.shape
+    n, c, hh, ww = base_input.shape
+    k = base_weight.shape[0]
     shapes = [(n, h, w, 4, c) for h, w in level_sizes((hh, ww), len(bands))]
     if [tuple(b.shape) for b in bands] != shapes or any(
-            not b.is_contiguous() or b.dtype != like.dtype for b in bands) or any(
+            not b.is_contiguous() or b.dtype != base_input.dtype for b in bands) or any(
             b.data_ptr() != a.data_ptr() + a.numel() * a.element_size()
             for a, b in zip(bands, bands[1:])):
         raise ValueError(f'haar_synthesis: bands must be the packed_bands views of an input like '
-                         f'`like` ({like.dtype}, levels of shapes {shapes}), got '
+                         f'base_input ({base_input.dtype}, levels of shapes {shapes}), got '
                          f'{[(b.dtype, tuple(b.shape)) for b in bands]}')
-    return _synthesis(bands, like, add)
+    _check_weight('haar_synthesis', 'base_weight', base_weight, (k, k, c), f'(k, k, C={c})')
+    if k % 2 == 0:
+        raise ValueError(f'haar_synthesis: base_weight must have an odd kernel size, got {k}')
+    if base_bias is not None:
+        _check_weight('haar_synthesis', 'base_bias', base_bias, (c, ), f'(C={c}, )')
+    return _synthesis(bands, base_input, base_weight, base_bias, dilation, flip)
 
 
-def _synthesis(bands, like, add):
+def _check_weight(fn: str, name: str, t: torch.Tensor, shape, spec: str) -> None:
+    """A named error unless ``t`` is a contiguous float32 tensor of ``shape`` (``spec``: the
+    shape in words, e.g. '(4, k, k, C=96)')."""
+    if tuple(t.shape) != tuple(shape) or t.dtype != torch.float32 or not t.is_contiguous():
+        raise ValueError(f'{fn}: {name} must be a contiguous float32 {spec} tensor, '
+                         f'got {t.dtype} {tuple(t.shape)}')
+
+
+def _synthesis(bands, a, weight, bias, dilation, flip):
     """:func:`haar_synthesis` without the argument checks (the layer's own calls)."""
-    n, c, hh, ww = like.shape
-    out = torch.empty_like(like)
-    a = add if add is not None else out
+    n, c, hh, ww = a.shape
+    k = weight.shape[0]
+    out = torch.empty_like(a)
     bp, bc = _tiles(c, SYNTHESIS_TILE)
     grid = (_cdiv(n * hh * ww, bp), _cdiv(c, bc))
-    _synthesis_kernel[grid](bands[0], a, out, n * hh * ww, n, c, hh, ww, *a.stride(),
-                            *out.stride(), LEVELS=len(bands), HAS_A=add is not None,
+    _synthesis_kernel[grid](bands[0] if bands else a, a, weight,
+                            weight if bias is None else bias, out, n * hh * ww, n, c, hh, ww,
+                            *a.stride(), *out.stride(), LEVELS=len(bands), K=k, DIL=dilation,
+                            PAD=dilation * (k - 1) // 2, FLIP=flip, HAS_BIAS=bias is not None,
                             BP=bp, BC=bc, num_warps=NUM_WARPS)
     return out
 
 
-def _level_weight_grad(grad_out: torch.Tensor, inp: torch.Tensor, padding: int,
-                       dilation: int, k: int) -> torch.Tensor:
-    """Weight gradient (C, 4, k, k) of one level's depthwise 'same' conv, from its output
-    gradient and input, both (N, h, w, 4, C): viewed as (N, 4C, h, w) channels_last tensors
-    (channel band*C + c), cuDNN computes it without a copy."""
-    n, h, w, _, c = inp.shape
+def _weight_grad_splits(positions: int) -> int:
+    """Programs along the positions for the weight-gradient sums of an input with this many
+    positions (each program's partial sums are one row of the buffer summed at the end)."""
+    return max(1, min(WEIGHT_GRAD_SPLITS, _cdiv(positions, 512)))
 
-    def as_4c(t):
-        return t.view(n, h, w, 4 * c).permute(0, 3, 1, 2)
-    grad_w = torch.ops.aten.convolution_backward(
-        as_4c(grad_out), as_4c(inp), inp.new_empty((4 * c, 1, k, k)), None, [1, 1],
-        [padding] * 2, [dilation] * 2, False, [0, 0], 4 * c, [False, True, False])[1]
-    return grad_w.reshape(4, c, k, k).transpose(0, 1)
+
+def _weight_grad(g, x, k, dilation, part, col, bias, bands=1):
+    """Accumulate the partial weight-gradient sums of a depthwise 'same' conv (output gradient
+    ``g``, input ``x``, both (N, C, H, W) with any strides) into the columns ``col ..`` of the
+    (S, row) float32 buffer ``part`` as a (C, k, k) weight (then the bias gradient (C,) when
+    ``bias``). With ``bands`` = 4 the input channels are band-major (band*C/4 + c, an
+    (N, h, w, 4, C/4) tensor) and the weight is written channel-major (c*4 + band), as the
+    layer's level convs hold it."""
+    n, c, hh, ww = x.shape
+    splits, row = part.shape
+    kk = 1 << (k * k - 1).bit_length()
+    bc = min(_tiles(c, WEIGHT_GRAD_TILE)[1], max(1, WEIGHT_GRAD_TILE // kk))
+    bp = max(1, WEIGHT_GRAD_TILE // (kk * bc))
+    chunk = _cdiv(_cdiv(n * hh * ww, splits), bp) * bp
+    _weight_grad_kernel[(splits, _cdiv(c, bc))](
+        g, x, part, n * hh * ww, c, hh, ww, chunk, col, row, *g.stride(), *x.stride(),
+        K=k, KK=kk, DIL=dilation, PAD=dilation * (k - 1) // 2, BANDS=bands, BIAS=bias, BP=bp,
+        BC=bc, num_warps=NUM_WARPS)
+
+
+def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: int,
+                          dilation: int = 1, bias: bool = False):
+    """Weight gradient of a depthwise 'same' conv (stride 1, padding dilation*(k-1)/2), the sums
+    over positions split across programs and then added in a fixed order (deterministic).
+
+    Args:
+        grad_out, x: (N, C, H, W), any strides (fastest channels_last).
+        kernel_size: odd k.  bias: also return the bias gradient.
+
+    Returns:
+        (C, 1, k, k) float32, and the (C,) float32 bias gradient if ``bias``.
+    """
+    if grad_out.shape != x.shape or grad_out.dim() != 4:
+        raise ValueError(f'depthwise_weight_grad: grad_out {tuple(grad_out.shape)} and x '
+                         f'{tuple(x.shape)} must be the same (N, C, H, W) shape')
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ValueError(f'depthwise_weight_grad: kernel_size must be odd, got {kernel_size}')
+    n, c, hh, ww = x.shape
+    k = kernel_size
+    part = x.new_empty((_weight_grad_splits(n * hh * ww), k * k * c + (c if bias else 0)),
+                       dtype=torch.float32)
+    _weight_grad(grad_out, x, k, dilation, part, 0, bias)
+    total = part.sum(0)
+    weight = total[:k * k * c].view(c, 1, k, k)
+    return (weight, total[k * k * c:]) if bias else weight
 
 
 def _fold(base_w, base_b, base_s, level_ws, level_ss):
     """The layer's parameters with the scales folded into the kernels (a scale after a depthwise
-    conv is a scale of its kernel). Returns the base weight (C, 1, k, k), its bias (C,) or None,
-    the level kernels in the analysis kernel's layout (L, 4, k, k, C) float32, and the stacked
-    raw level weights (L, 4C, 1, k, k) and scales (L, 1, 4C, 1, 1) for the backward."""
-    scale = base_s.reshape(-1)
-    weight = base_w * scale.view(-1, 1, 1, 1)
-    bias = None if base_b is None else base_b * scale
+    conv is a scale of its kernel), in the kernels' float32 layouts: the base kernel (k, k, C),
+    its bias (C,) or None, the level kernels (L, 4, k, k, C); and the stacked raw level weights
+    (L, 4C, k*k) and scales (L, 4C, 1) for the backward (None if L = 0)."""
     c, k = base_w.shape[0], base_w.shape[-1]
-    if not level_ws:
-        return weight, bias, base_w.new_zeros((0, 4, k, k, c), dtype=torch.float32), None, None
-    ws, ss = torch.stack(level_ws), torch.stack(level_ss)
-    folded = torch.empty((len(level_ws), 4, k, k, c), device=ws.device, dtype=torch.float32)
-    torch.mul(ws.view(-1, c, 4, k, k).permute(0, 2, 3, 4, 1),
-              ss.view(-1, c, 4, 1, 1).permute(0, 2, 3, 4, 1), out=folded)
-    return weight, bias, folded, ws, ss
+    num = len(level_ws)
+    scale = base_s.reshape(c)
+    folded = torch.empty((1 + 4 * num) * k * k * c, device=base_w.device, dtype=torch.float32)
+    weight = folded[:k * k * c].view(k, k, c)
+    torch.mul(base_w.view(c, k, k).permute(1, 2, 0), scale, out=weight)
+    bias = None if base_b is None else (base_b * scale).float()
+    level_w = folded[k * k * c:].view(num, 4, k, k, c)
+    if not num:
+        return weight, bias, level_w, None, None
+    ws = torch.stack(level_ws).view(num, 4 * c, k * k)
+    ss = torch.stack(level_ss).view(num, 4 * c, 1)
+    torch.mul(ws.view(num, c, 4, k, k).permute(0, 2, 3, 4, 1),
+              ss.view(num, c, 4, 1, 1).permute(0, 2, 3, 4, 1), out=level_w)
+    return weight, bias, level_w, ws, ss
+
+
+def _unfold(total, base_w, base_b, base_s, ws, ss):
+    """Gradients of the raw parameters from ``total``, the summed weight-gradient buffer of
+    :meth:`_HaarWTConv.backward` (gradients of the folded kernels in the parameters' layouts,
+    see :func:`_fold`): d(w*s)/dw = s and d(w*s)/ds = sum over the kernel of w."""
+    c, kk = base_w.shape[0], base_w[0].numel()
+    scale = base_s.view(c, 1)
+    g_base = total[:kk * c].view(c, kk)
+    g_scale = (g_base * base_w.view(c, kk)).sum(1)
+    g_b = None
+    if base_b is not None:
+        g_bias = total[kk * c:kk * c + c]
+        g_scale += g_bias * base_b
+        g_b = (g_bias * scale.view(c)).to(base_b.dtype)
+    grads = [(g_base * scale).to(base_w.dtype).view_as(base_w), g_b,
+             g_scale.to(base_s.dtype).view_as(base_s)]
+    if ws is not None:
+        num = ws.shape[0]
+        g_lv = total[kk * c + (c if base_b is not None else 0):].view(num, 4 * c, kk)
+        g_ws = (g_lv * ss).to(ws.dtype).view(num, 4 * c, 1, *base_w.shape[2:])
+        g_ss = (g_lv * ws).sum(2).to(ss.dtype).view(num, 1, 4 * c, 1, 1)
+        grads += list(g_ws.unbind(0)) + list(g_ss.unbind(0))
+    return grads
 
 
 class _HaarWTConv(torch.autograd.Function):
@@ -348,12 +505,6 @@ class _HaarWTConv(torch.autograd.Function):
         num = len(levels) // 2
         weight, bias, level_w, ws, ss = _fold(base_w, base_b, base_s, levels[:num], levels[num:])
         x = x.contiguous(memory_format=torch.channels_last)
-        c = x.shape[1]
-        k = base_w.shape[-1]
-        pad = dilation * (k - 1) // 2
-        out = torch.nn.functional.conv2d(x, weight.to(x.dtype),
-                                         None if bias is None else bias.to(x.dtype),
-                                         1, pad, dilation, c)
         filtered = packed_bands(x, num)
         kept = []
         ll = x
@@ -361,49 +512,44 @@ class _HaarWTConv(torch.autograd.Function):
             _, bands = _analysis(ll, level_w[i], dilation, training, False, filtered[i])
             kept.append(bands)
             ll = _band(bands, 0)
-        ctx.dilation, ctx.pad = dilation, pad
+        ctx.dilation = dilation
         if training:
             ctx.save_for_backward(x, base_w, base_b, base_s, weight, level_w, ws, ss, *kept)
-        return _synthesis(filtered, x, out) if num else out
+        return _synthesis(filtered, x, weight, bias, dilation, False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, base_w, base_b, base_s, weight, level_w, ws, ss, *kept = ctx.saved_tensors
-        d, pad = ctx.dilation, ctx.pad
-        c, k, num = x.shape[1], base_w.shape[-1], level_w.shape[0]
+        d = ctx.dilation
+        n, c, hh, ww = x.shape
+        k, num = weight.shape[0], level_w.shape[0]
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        need_x = ctx.needs_input_grad[0]
+        # every weight gradient as partial sums in one buffer: base taps (and bias), then the
+        # levels' taps; summed over the programs once at the end
         has_bias = base_b is not None
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, weight.to(x.dtype), [c] if has_bias else None, [1, 1], [pad, pad], [d, d],
-            False, [0, 0], c, [need_x, True, has_bias])
+        cols = k * k * c + (c if has_bias else 0)
+        part = x.new_empty((_weight_grad_splits(n * hh * ww), cols + num * k * k * 4 * c),
+                           dtype=torch.float32)
+        _weight_grad(grad, x, k, d, part, 0, has_bias)
         # top-down: gradients of the filtered bands are the subbands of the level gradient
         dbands = packed_bands(x, num)
-        glw = []
         g = grad
         for i in range(num):
             _, gbands = _analysis(g, level_w[i], d, True, True, dbands[i])
-            glw.append(_level_weight_grad(gbands, kept[i], pad, d, k))
+            _weight_grad(_as_4c(gbands), _as_4c(kept[i]), k, d, part,
+                         cols + i * k * k * 4 * c, False, 4)
             g = _band(gbands, 0)
-        # bottom-up: the level gradients recombine through the inverse transforms
-        if need_x and num:
-            gx = _synthesis(dbands, x, gx)
-        # unfold the scales: d(w*s)/dw = s, d(w*s)/ds = sum of w over the kernel
-        scale = base_s.reshape(-1)
-        gw = gw.to(base_w.dtype)
-        g_scale = (gw * base_w).sum((1, 2, 3))
-        if has_bias:
-            gb = gb.to(base_w.dtype)
-            g_scale += gb * base_b
-            gb = gb * scale
-        grads = [gx if need_x else None, None, None, gw * scale.view(-1, 1, 1, 1), gb,
-                 g_scale.view_as(base_s)]
-        if num:
-            glw = torch.stack(glw).view(num, 4 * c, 1, k, k)
-            grads += list((glw * ss.view(num, 4 * c, 1, 1, 1)).unbind(0))
-            grads += list((glw * ws).sum((2, 3, 4)).view_as(ss).unbind(0))
-        return tuple(grads)
+        # bottom-up: the level gradients recombine through the inverse transforms, plus the base
+        # conv's transposed conv (its kernel flipped)
+        gx = _synthesis(dbands, grad, weight, None, d, True) if ctx.needs_input_grad[0] else None
+        return (gx, None, None, *_unfold(part.sum(0), base_w, base_b, base_s, ws, ss))
+
+
+def _as_4c(t: torch.Tensor) -> torch.Tensor:
+    """An (N, h, w, 4, C) tensor as (N, 4C, h, w) channels_last (channel band*C + c)."""
+    n, h, w, _, c = t.shape
+    return t.view(n, h, w, 4 * c).permute(0, 3, 1, 2)
 
 
 def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[torch.Tensor],
