@@ -217,53 +217,74 @@ if AVAILABLE:
         ob = o_ptr + n64 * son + ch[None, :] * soc + (y * soh + x * sow)[:, None]
         tl.store(ob, acc.to(o_ptr.dtype.element_ty), mask=ok)
 
-    @triton.jit(do_not_specialize=['P', 'H', 'W', 'CHUNK', 'col'])
-    def _weight_grad_kernel(g_ptr, x_ptr, part_ptr, P, C, H, W, CHUNK, col, row,
-                            sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+    @triton.jit(do_not_specialize=['N', 'H', 'W', 'bias_col'])
+    def _weight_grad_kernel(g_ptr, x_ptr, gl_ptr, xl_ptr, part_ptr, N, C, H, W, row, bias_col,
                             K: tl.constexpr, KK: tl.constexpr, DIL: tl.constexpr,
-                            PAD: tl.constexpr, BANDS: tl.constexpr, BIAS: tl.constexpr,
+                            PAD: tl.constexpr, BIAS: tl.constexpr,
                             BP: tl.constexpr, BC: tl.constexpr):
-        # program (s, cb): sums over the positions [s*CHUNK, (s+1)*CHUNK) of N*H*W, for all K*K
-        # taps t = (dy, dx) at once (a [positions, taps, channels] tile, taps padded to KK):
-        # part[s, col + j*K*K + t] = sum_p g[p, c] x[p + (dy, dx) - PAD, c], in the layout of
-        # the layer's parameter: channel c = band*(C/BANDS) + i of the input is its channel
-        # j = i*BANDS + band; with BIAS also part[s, col + K*K*C + c] = sum_p g[p, c]
+        # Weight gradients of depthwise 'same' convs, as partial sums: program (s, cb, part)
+        # sums g * x over the s-th chunk of the positions of one conv, for all K*K taps at once
+        # (a [positions, taps, channels] tile, taps padded to KK), and writes the sums to row s
+        # of part_ptr in the parameter's layout (channel j, tap t at column col + j*K*K + t).
+        # part 0 is the base conv: g, x (N, H, W, C) contiguous, channel j = c, col 0, bias
+        # gradient (sum of g) at bias_col. part i+1 is level i: g, x the level's (N, h, w, 4, C)
+        # band tensors, packed one level after another at gl / xl (channel band*C + c), the
+        # layer's channel j = c*4 + band, col = C*K*K + i*4C*K*K.
         s = tl.program_id(0)
+        level = tl.program_id(2) - 1
+        cp = C
+        hh = H
+        ww = W
+        col = 0
+        gb = g_ptr
+        xb = x_ptr
+        if level >= 0:
+            off = tl.full([], 0, tl.int64)
+            for _ in range(level):
+                hh = (hh + 1) // 2
+                ww = (ww + 1) // 2
+                off += N.to(tl.int64) * hh * ww * 4 * C
+            hh = (hh + 1) // 2
+            ww = (ww + 1) // 2
+            cp = 4 * C
+            col = C * K * K + level * 4 * C * K * K
+            gb = gl_ptr + off
+            xb = xl_ptr + off
         ch = tl.program_id(1) * BC + tl.arange(0, BC)
-        c_ok = ch < C
+        c_ok = ch < cp
         t = tl.arange(0, KK)
         ty = (t // K) * DIL - PAD
         tx = (t % K) * DIL - PAD
         t_ok = t < K * K
+        P = N * hh * ww
+        chunk = tl.cdiv(tl.cdiv(P, tl.num_programs(0)), BP) * BP
+        chunk = tl.where(tl.program_id(1) * BC < cp, chunk, 0)     # no channels here: no work
         acc = tl.zeros([BP, KK, BC], dtype=tl.float32)
         gsum = tl.zeros([BP, BC], dtype=tl.float32)
-        hw = H * W
-        for i in range(0, CHUNK, BP):
-            p = s * CHUNK + i + tl.arange(0, BP)
+        for i in range(0, chunk, BP):
+            p = s * chunk + i + tl.arange(0, BP)
             p_ok = p < P
-            n = p // hw
-            y = (p % hw) // W
-            x = p % W
-            n64 = n.to(tl.int64)
-            g = tl.load(g_ptr + n64[:, None] * sgn + ch[None, :] * sgc
-                        + (y * sgh + x * sgw)[:, None],
+            y = (p % (hh * ww)) // ww
+            x = p % ww
+            p64 = p.to(tl.int64)
+            g = tl.load(gb + p64[:, None] * cp + ch[None, :],
                         mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
             yy = y[:, None] + ty[None, :]
             xx = x[:, None] + tx[None, :]
-            m = (p_ok[:, None] & t_ok[None, :] & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W))
-            v = tl.load(x_ptr + (n64[:, None] * sxn + yy * sxh + xx * sxw)[:, :, None]
-                        + (ch * sxc)[None, None, :],
+            m = (p_ok[:, None] & t_ok[None, :] & (yy >= 0) & (yy < hh) & (xx >= 0) & (xx < ww))
+            q = p64[:, None] + (ty * ww + tx)[None, :]              # the tap's position
+            v = tl.load(xb + q[:, :, None] * cp + ch[None, None, :],
                         mask=m[:, :, None] & c_ok[None, None, :], other=0.0).to(tl.float32)
             acc += g[:, None, :] * v
             if BIAS:
                 gsum += g
-        pb = part_ptr + s.to(tl.int64) * row + col
-        cb = C // BANDS
-        j = (ch % cb) * BANDS + ch // cb
-        tl.store(pb + t[:, None] + j[None, :] * (K * K), tl.sum(acc, axis=0),
+        j = tl.where(level >= 0, (ch % C) * 4 + ch // C, ch)
+        pb = part_ptr + s.to(tl.int64) * row
+        tl.store(pb + col + t[:, None] + j[None, :] * (K * K), tl.sum(acc, axis=0),
                  mask=t_ok[:, None] & c_ok[None, :])
         if BIAS:
-            tl.store(pb + K * K * C + ch, tl.sum(gsum, axis=0), mask=c_ok)
+            if level < 0:
+                tl.store(pb + bias_col + ch, tl.sum(gsum, axis=0), mask=c_ok)
 
 
 def _band(t: torch.Tensor, band: int) -> torch.Tensor:
@@ -293,24 +314,26 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
     k = weight.shape[1]
     c = x.shape[1]
     _check_weight('haar_analysis_conv', 'weight', weight, (4, k, k, c), f'(4, k, k, C={c})')
-    return _analysis(x, weight, dilation, keep_bands, flip, out)
+    n, c, hh, ww = x.shape
+    h, w = (hh + 1) // 2, (ww + 1) // 2
+    filtered = x.new_empty((n, h, w, 4, c)) if out is None else out
+    bands = x.new_empty((n, h, w, 4 if keep_bands else 1, c))
+    _analysis(x, weight, dilation, flip, filtered, bands)
+    return filtered, bands
 
 
-def _analysis(x, weight, dilation, keep_bands, flip, out):
-    """:func:`haar_analysis_conv` without the argument checks (the layer's own calls)."""
+def _analysis(x, weight, dilation, flip, filtered, bands):
+    """:func:`haar_analysis_conv` into given (N, h, w, 4, C) and (N, h, w, 4 or 1, C) outputs,
+    without the argument checks (the layer's own calls)."""
     n, c, hh, ww = x.shape
     k = weight.shape[1]
     h, w = (hh + 1) // 2, (ww + 1) // 2
-    nb = 4 if keep_bands else 1
-    filtered = x.new_empty((n, h, w, 4, c)) if out is None else out
-    bands = x.new_empty((n, h, w, nb, c))
     bp, bc = _tiles(c, ANALYSIS_TILE)
     grid = (_cdiv(n * h * w, bp), _cdiv(c, bc))
     _analysis_conv_kernel[grid](x, weight, filtered, bands, n * h * w, c,
                                 hh, ww, h, w, *x.stride(), K=k, DIL=dilation,
-                                PAD=dilation * (k - 1) // 2, FLIP=flip, NB=nb, BP=bp, BC=bc,
-                                num_warps=NUM_WARPS)
-    return filtered, bands
+                                PAD=dilation * (k - 1) // 2, FLIP=flip, NB=bands.shape[3],
+                                BP=bp, BC=bc, num_warps=NUM_WARPS)
 
 
 def level_sizes(size, levels: int):
@@ -323,14 +346,15 @@ def level_sizes(size, levels: int):
     return out
 
 
-def packed_bands(x: torch.Tensor, levels: int) -> List[torch.Tensor]:
-    """Empty (N, h, w, 4, C) tensors for the filtered bands of every level of ``x`` (N, C, H, W),
-    views of one buffer in level order, as :func:`haar_synthesis` reads them."""
+def packed_bands(x: torch.Tensor, levels: int, bands: int = 4) -> List[torch.Tensor]:
+    """Empty (N, h, w, ``bands``, C) tensors for the bands of every level of ``x``
+    (N, C, H, W), views of one buffer in level order, as :func:`haar_synthesis` reads the
+    filtered bands (and the backward's weight gradient the subbands)."""
     n, c = x.shape[:2]
     sizes = level_sizes(x.shape[-2:], levels)
-    numels = [n * h * w * 4 * c for h, w in sizes]
+    numels = [n * h * w * bands * c for h, w in sizes]
     parts = x.new_empty(sum(numels)).split(numels)
-    return [part.view(n, h, w, 4, c) for part, (h, w) in zip(parts, sizes)]
+    return [part.view(n, h, w, bands, c) for part, (h, w) in zip(parts, sizes)]
 
 
 def haar_synthesis(bands: Sequence[torch.Tensor], base_input: torch.Tensor,
@@ -395,29 +419,27 @@ def _synthesis(bands, a, weight, bias, dilation, flip):
     return out
 
 
-def _weight_grad_splits(positions: int) -> int:
-    """Programs along the positions for the weight-gradient sums of an input with this many
-    positions (each program's partial sums are one row of the buffer summed at the end)."""
-    return max(1, min(WEIGHT_GRAD_SPLITS, _cdiv(positions, 512)))
-
-
-def _weight_grad(g, x, k, dilation, part, col, bias, bands=1):
-    """Accumulate the partial weight-gradient sums of a depthwise 'same' conv (output gradient
-    ``g``, input ``x``, both (N, C, H, W) with any strides) into the columns ``col ..`` of the
-    (S, row) float32 buffer ``part`` as a (C, k, k) weight (then the bias gradient (C,) when
-    ``bias``). With ``bands`` = 4 the input channels are band-major (band*C/4 + c, an
-    (N, h, w, 4, C/4) tensor) and the weight is written channel-major (c*4 + band), as the
-    layer's level convs hold it."""
+def _weight_grad(g, x, gl, xl, levels, k, dilation, bias):
+    """All weight gradients of the layer in one launch: the base conv's (output gradient ``g``,
+    input ``x``, both (N, C, H, W) channels_last contiguous) and the ``levels`` level convs'
+    (their (N, h, w, 4, C) output gradients and subbands packed in ``gl`` / ``xl`` as by
+    :func:`packed_bands`, or None). Returns the summed float32 vector: the base weight (C, k, k),
+    the level weights (L, 4C, k, k) in the layer's channel order (c*4 + band), then the bias
+    gradient (C,) when ``bias``."""
     n, c, hh, ww = x.shape
-    splits, row = part.shape
-    kk = 1 << (k * k - 1).bit_length()
-    bc = min(_tiles(c, WEIGHT_GRAD_TILE)[1], max(1, WEIGHT_GRAD_TILE // kk))
-    bp = max(1, WEIGHT_GRAD_TILE // (kk * bc))
-    chunk = _cdiv(_cdiv(n * hh * ww, splits), bp) * bp
-    _weight_grad_kernel[(splits, _cdiv(c, bc))](
-        g, x, part, n * hh * ww, c, hh, ww, chunk, col, row, *g.stride(), *x.stride(),
-        K=k, KK=kk, DIL=dilation, PAD=dilation * (k - 1) // 2, BANDS=bands, BIAS=bias, BP=bp,
-        BC=bc, num_warps=NUM_WARPS)
+    kk = k * k
+    rows = c * (1 + 4 * levels)
+    part = x.new_empty((max(1, min(WEIGHT_GRAD_SPLITS, _cdiv(n * hh * ww, 512))),
+                        rows * kk + (c if bias else 0)), dtype=torch.float32)
+    kp = 1 << (kk - 1).bit_length()
+    bc = min(_tiles(c, WEIGHT_GRAD_TILE)[1], max(1, WEIGHT_GRAD_TILE // kp))
+    grid = (part.shape[0], _cdiv(4 * c if levels else c, bc), 1 + levels)
+    _weight_grad_kernel[grid](g, x, g if gl is None else gl, x if xl is None else xl, part,
+                              n, c, hh, ww, part.shape[1], rows * kk, K=k, KK=kp, DIL=dilation,
+                              PAD=dilation * (k - 1) // 2, BIAS=bias,
+                              BP=max(1, WEIGHT_GRAD_TILE // (kp * bc)), BC=bc,
+                              num_warps=NUM_WARPS)
+    return part.sum(0)
 
 
 def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: int,
@@ -437,12 +459,10 @@ def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: 
                          f'{tuple(x.shape)} must be the same (N, C, H, W) shape')
     if kernel_size % 2 == 0 or kernel_size < 1:
         raise ValueError(f'depthwise_weight_grad: kernel_size must be odd, got {kernel_size}')
-    n, c, hh, ww = x.shape
-    k = kernel_size
-    part = x.new_empty((_weight_grad_splits(n * hh * ww), k * k * c + (c if bias else 0)),
-                       dtype=torch.float32)
-    _weight_grad(grad_out, x, k, dilation, part, 0, bias)
-    total = part.sum(0)
+    c, k = x.shape[1], kernel_size
+    total = _weight_grad(grad_out.contiguous(memory_format=torch.channels_last),
+                         x.contiguous(memory_format=torch.channels_last), None, None, 0, k,
+                         dilation, bias)
     weight = total[:k * k * c].view(c, 1, k, k)
     return (weight, total[k * k * c:]) if bias else weight
 
@@ -450,47 +470,42 @@ def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: 
 def _fold(base_w, base_b, base_s, level_ws, level_ss):
     """The layer's parameters with the scales folded into the kernels (a scale after a depthwise
     conv is a scale of its kernel), in the kernels' float32 layouts: the base kernel (k, k, C),
-    its bias (C,) or None, the level kernels (L, 4, k, k, C); and the stacked raw level weights
-    (L, 4C, k*k) and scales (L, 4C, 1) for the backward (None if L = 0)."""
+    its bias (C,) or None and the level kernels (L, 4, k, k, C); and all raw kernels as rows
+    (C + 4CL, k*k) with their scales (C + 4CL,), base first, for the backward."""
     c, k = base_w.shape[0], base_w.shape[-1]
-    num = len(level_ws)
-    scale = base_s.reshape(c)
-    folded = torch.empty((1 + 4 * num) * k * k * c, device=base_w.device, dtype=torch.float32)
-    weight = folded[:k * k * c].view(k, k, c)
-    torch.mul(base_w.view(c, k, k).permute(1, 2, 0), scale, out=weight)
-    bias = None if base_b is None else (base_b * scale).float()
-    level_w = folded[k * k * c:].view(num, 4, k, k, c)
-    if not num:
-        return weight, bias, level_w, None, None
-    ws = torch.stack(level_ws).view(num, 4 * c, k * k)
-    ss = torch.stack(level_ss).view(num, 4 * c, 1)
-    torch.mul(ws.view(num, c, 4, k, k).permute(0, 2, 3, 4, 1),
-              ss.view(num, c, 4, 1, 1).permute(0, 2, 3, 4, 1), out=level_w)
-    return weight, bias, level_w, ws, ss
+    kk, num = k * k, len(level_ws)
+    weights = torch.cat([t.view(-1) for t in (base_w, *level_ws)]).view(-1, kk)
+    scales = torch.cat([t.view(-1) for t in (base_s, *level_ss)])
+    folded = torch.empty((1 + 4 * num) * kk * c, device=base_w.device, dtype=torch.float32)
+    weight = folded[:kk * c].view(k, k, c)
+    torch.mul(weights[:c].t(), scales[:c], out=weight.view(kk, c))
+    level_w = folded[kk * c:].view(num, 4, k, k, c)
+    torch.mul(weights[c:].view(num, c, 4, kk).permute(0, 2, 3, 1),
+              scales[c:].view(num, c, 4, 1).permute(0, 2, 3, 1), out=level_w.view(num, 4, kk, c))
+    bias = None if base_b is None else (base_b * scales[:c]).float()
+    return weight, bias, level_w, weights, scales
 
 
-def _unfold(total, base_w, base_b, base_s, ws, ss):
-    """Gradients of the raw parameters from ``total``, the summed weight-gradient buffer of
-    :meth:`_HaarWTConv.backward` (gradients of the folded kernels in the parameters' layouts,
-    see :func:`_fold`): d(w*s)/dw = s and d(w*s)/ds = sum over the kernel of w."""
-    c, kk = base_w.shape[0], base_w[0].numel()
-    scale = base_s.view(c, 1)
-    g_base = total[:kk * c].view(c, kk)
-    g_scale = (g_base * base_w.view(c, kk)).sum(1)
+def _unfold(total, weights, scales, base_b, params):
+    """Gradients of the raw parameters ``params`` (base weight, bias, scale, then the L level
+    weights and L level scales) from ``total``, the gradients of the folded kernels of
+    :func:`_weight_grad` (rows like ``weights``, then the bias): d(w*s)/dw = s and d(w*s)/ds =
+    sum over the kernel of w."""
+    rows, kk = weights.shape
+    c = params[0].shape[0]
+    g_rows = total[:rows * kk].view(rows, kk)
+    g_w = g_rows * scales[:, None]
+    g_s = (g_rows * weights).sum(1)
     g_b = None
     if base_b is not None:
-        g_bias = total[kk * c:kk * c + c]
-        g_scale += g_bias * base_b
-        g_b = (g_bias * scale.view(c)).to(base_b.dtype)
-    grads = [(g_base * scale).to(base_w.dtype).view_as(base_w), g_b,
-             g_scale.to(base_s.dtype).view_as(base_s)]
-    if ws is not None:
-        num = ws.shape[0]
-        g_lv = total[kk * c + (c if base_b is not None else 0):].view(num, 4 * c, kk)
-        g_ws = (g_lv * ss).to(ws.dtype).view(num, 4 * c, 1, *base_w.shape[2:])
-        g_ss = (g_lv * ws).sum(2).to(ss.dtype).view(num, 1, 4 * c, 1, 1)
-        grads += list(g_ws.unbind(0)) + list(g_ss.unbind(0))
-    return grads
+        g_bias = total[rows * kk:]
+        g_s[:c].add_(g_bias * base_b)
+        g_b = g_bias * scales[:c]
+    num = (rows // c - 1) // 4
+    g_ws = [g_w[:c], *g_w[c:].view(num, 4 * c, kk).unbind(0)]
+    g_ss = [g_s[:c], *g_s[c:].view(num, 4 * c).unbind(0)]
+    grads = [g_ws[0], g_b, g_ss[0], *g_ws[1:], *g_ss[1:]]
+    return [None if g is None else g.to(p.dtype).view(p.shape) for g, p in zip(grads, params)]
 
 
 class _HaarWTConv(torch.autograd.Function):
@@ -503,53 +518,42 @@ class _HaarWTConv(torch.autograd.Function):
         # x: (N, C, H, W); base_w: (C, 1, k, k); base_b: (C,) or None; base_s: (1, C, 1, 1);
         # levels: L weights (4C, 1, k, k) then L scales (1, 4C, 1, 1)
         num = len(levels) // 2
-        weight, bias, level_w, ws, ss = _fold(base_w, base_b, base_s, levels[:num], levels[num:])
+        weight, bias, level_w, weights, scales = _fold(base_w, base_b, base_s, levels[:num],
+                                                       levels[num:])
         x = x.contiguous(memory_format=torch.channels_last)
         filtered = packed_bands(x, num)
-        kept = []
+        # the subbands: all four of every level kept for the weight gradients when training
+        # (packed, as the weight-gradient kernel reads them), else only the LL band
+        kept = packed_bands(x, num, 4 if training else 1)
         ll = x
         for i in range(num):
-            _, bands = _analysis(ll, level_w[i], dilation, training, False, filtered[i])
-            kept.append(bands)
-            ll = _band(bands, 0)
+            _analysis(ll, level_w[i], dilation, False, filtered[i], kept[i])
+            ll = _band(kept[i], 0)
         ctx.dilation = dilation
-        if training:
-            ctx.save_for_backward(x, base_w, base_b, base_s, weight, level_w, ws, ss, *kept)
+        if training:  # (kept[0] holds the storage of all levels' subbands)
+            ctx.save_for_backward(x, weight, level_w, weights, scales, kept[0] if num else None,
+                                  base_w, base_b, base_s, *levels)
         return _synthesis(filtered, x, weight, bias, dilation, False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, base_w, base_b, base_s, weight, level_w, ws, ss, *kept = ctx.saved_tensors
-        d = ctx.dilation
-        n, c, hh, ww = x.shape
-        k, num = weight.shape[0], level_w.shape[0]
+        x, weight, level_w, weights, scales, kept, *params = ctx.saved_tensors
+        num, d, base_b = level_w.shape[0], ctx.dilation, params[1]
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        # every weight gradient as partial sums in one buffer: base taps (and bias), then the
-        # levels' taps; summed over the programs once at the end
-        has_bias = base_b is not None
-        cols = k * k * c + (c if has_bias else 0)
-        part = x.new_empty((_weight_grad_splits(n * hh * ww), cols + num * k * k * 4 * c),
-                           dtype=torch.float32)
-        _weight_grad(grad, x, k, d, part, 0, has_bias)
         # top-down: gradients of the filtered bands are the subbands of the level gradient
         dbands = packed_bands(x, num)
+        gbands = packed_bands(x, num, 4)
         g = grad
         for i in range(num):
-            _, gbands = _analysis(g, level_w[i], d, True, True, dbands[i])
-            _weight_grad(_as_4c(gbands), _as_4c(kept[i]), k, d, part,
-                         cols + i * k * k * 4 * c, False, 4)
-            g = _band(gbands, 0)
+            _analysis(g, level_w[i], d, True, dbands[i], gbands[i])
+            g = _band(gbands[i], 0)
+        total = _weight_grad(grad, x, gbands[0] if num else None, kept, num, weight.shape[0], d,
+                             base_b is not None)
         # bottom-up: the level gradients recombine through the inverse transforms, plus the base
         # conv's transposed conv (its kernel flipped)
         gx = _synthesis(dbands, grad, weight, None, d, True) if ctx.needs_input_grad[0] else None
-        return (gx, None, None, *_unfold(part.sum(0), base_w, base_b, base_s, ws, ss))
-
-
-def _as_4c(t: torch.Tensor) -> torch.Tensor:
-    """An (N, h, w, 4, C) tensor as (N, 4C, h, w) channels_last (channel band*C + c)."""
-    n, h, w, _, c = t.shape
-    return t.view(n, h, w, 4 * c).permute(0, 3, 1, 2)
+        return (gx, None, None, *_unfold(total, weights, scales, base_b, params))
 
 
 def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[torch.Tensor],
