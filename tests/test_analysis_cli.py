@@ -4,8 +4,10 @@ import os
 
 import pytest
 
-from convzoo_mm.analysis.model_bench import (CONFIG_PAIRS, compare_steps, model_table,
-                                             pairs_table)
+import torch
+
+from convzoo_mm.analysis.model_bench import (CONFIG_PAIRS, compare_steps, model_table, pairs_table,
+                                             profile_step)
 from tests.utils import run_tool
 
 TOOLS = ['get_flops.py', 'benchmark_layers.py', 'benchmark_model.py', 'erf.py',
@@ -71,16 +73,33 @@ def test_wtconvnext_benchmark_cli_tiny(tmp_path):
     """Both backbones measured in one run, the ratio to ConvNeXt reported; bad arch is an error."""
     import json
     proc = run_tool('analysis/benchmark_wtconvnext.py', '--shape', '1', '3', '64', '64',
-                    '--repeats', '1', '--warmup', '0', '--autocast', 'bf16', '--out-dir',
-                    str(tmp_path), env=dict(OMP_NUM_THREADS='1'))
+                    '--repeats', '1', '--warmup', '0', '--autocast', 'bf16', '--profile', '1',
+                    '--out-dir', str(tmp_path), env=dict(OMP_NUM_THREADS='1'))
     assert '| ConvNeXt-tiny (baseline) | train |' in proc.stdout
     assert '| WTConvNeXt-tiny | train |' in proc.stdout and 'autocast: bf16' in proc.stdout
-    rows = json.load(open(tmp_path / 'benchmark_wtconvnext.json'))['rows']
+    saved = json.load(open(tmp_path / 'benchmark_wtconvnext.json'))
+    for model in ('ConvNeXt-tiny', 'WTConvNeXt-tiny'):      # --profile: CPU time, top operators
+        cpu = saved['profiles'][model]['cpu_ms']
+        assert f'| {model} | {cpu:.1f} | - |' in proc.stdout and cpu > 0
+        assert 'aten::' in open(tmp_path / f'profile_{model}.txt').read()
+    rows = saved['rows']
     wt = {r['kind']: r for r in rows if r['model'] == 'WTConvNeXt-tiny'}
     assert wt['train']['ratio'] == pytest.approx(wt['train']['median'] / next(
         r['median'] for r in rows if r['model'] == 'ConvNeXt-tiny' and r['kind'] == 'train'))
     with pytest.raises(AssertionError, match="arch"):
         run_tool('analysis/benchmark_wtconvnext.py', '--arch', 'huge', '--out-dir', str(tmp_path))
+
+
+def test_profile_step_counts_operators_per_step():
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+
+    def step():
+        for _ in range(3):
+            torch.mm(a, b)
+        a.mul_(1.0)
+    prof = profile_step(step, steps=2)
+    assert prof['ops']['aten::mm'] == 3 and prof['ops']['aten::mul_'] == 1
+    assert prof['device_ms'] is None and prof['cpu_ms'] > 0 and 'aten::mm' in prof['table']
 
 
 def test_config_pairs_exist_and_pair_a_layer_with_its_baseline():

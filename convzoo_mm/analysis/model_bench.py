@@ -6,7 +6,9 @@ of each), on the same random batch size and image size:
 * ``train``: ``zero_grad``, ``model(**batch, mode='loss')``, ``parse_losses``, ``backward``,
   ``SGD.step`` (lr 1e-6, so the weights barely move between repeats);
 * ``infer``: ``model(**batch, mode='predict')`` under ``torch.no_grad`` in eval mode;
-* peak memory of one train step and one inference (:mod:`convzoo_mm.analysis.memory`).
+* peak memory of one train step and one inference (:mod:`convzoo_mm.analysis.memory`);
+* optionally :func:`profile_step`: host (CPU) time against device kernel time per step, which
+  tells a step bound by the CPU that launches kernels from one bound by the kernels themselves.
 
 Ratios are ``model median / baseline median`` (time) and ``model peak / baseline peak``.
 :func:`compare_steps` is the generic part (any callables, injectable timer).
@@ -20,7 +22,8 @@ from .benchmark import autocast as amp_context
 from .benchmark import machine_info, measure_times, summary_stats
 from .memory import peak_memory
 
-__all__ = ['compare_steps', 'backbone_steps', 'model_steps', 'benchmark_configs', 'model_table']
+__all__ = ['compare_steps', 'backbone_steps', 'model_steps', 'benchmark_configs', 'model_table',
+           'profile_step']
 
 
 def compare_steps(steps: Dict[str, Dict[str, Callable[[], Any]]], baseline: str,
@@ -55,6 +58,42 @@ def compare_steps(steps: Dict[str, Dict[str, Callable[[], Any]]], baseline: str,
                              mem_ratio=(peaks[name] / peaks[baseline])
                              if measure_memory and peaks[baseline] else None))
     return rows
+
+
+def profile_step(fn: Callable[[], Any], steps: int = 3, device: str = 'cpu',
+                 row_limit: int = 30) -> Dict[str, Any]:
+    """Run ``fn`` once untimed, then ``steps`` times under :mod:`torch.profiler`.
+
+    Returns ``dict(cpu_ms, device_ms, ops, table)``: the summed self CPU time of all profiled
+    events per step (the host's work: Python-side operator dispatch, kernel launches), the summed
+    self time of device kernels per step (None without CUDA), ``ops`` = {operator name: calls per
+    step} and the profiler's table of the ``row_limit`` most expensive operators (by device time
+    on CUDA, else CPU time). A step whose cpu_ms exceeds its device_ms is bound by the CPU that
+    launches its kernels: faster kernels will not make it faster."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.device(device).type == 'cuda'
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+
+    def device_time(e):
+        return getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0)
+    cpu_ms = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+    device_ms = sum(device_time(e) for e in events) / steps / 1e3 if cuda else None
+    sort = 'self_cpu_time_total'
+    if cuda:
+        sort = 'self_device_time_total' if hasattr(events[0], 'self_device_time_total') \
+            else 'self_cuda_time_total'
+    return dict(cpu_ms=cpu_ms, device_ms=device_ms,
+                ops={e.key: e.count / steps for e in events},
+                table=events.table(sort_by=sort, row_limit=row_limit))
 
 
 def backbone_steps(backbone: torch.nn.Module, images: torch.Tensor,

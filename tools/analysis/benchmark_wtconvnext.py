@@ -5,11 +5,14 @@ Both backbones (same arch, ``conv_type='wtconv'`` vs ``'plain'``, fresh init, no
 built in one process and measured interleaved on the same random images: one train step is
 forward + backward of the sum of the output means + SGD step; inference is a no_grad forward.
 Needs no mmdet/mmseg. Prints a markdown table (ratios to ConvNeXt) and writes
-OUT_DIR/benchmark_wtconvnext.{md,json}.
+OUT_DIR/benchmark_wtconvnext.{md,json}. ``--profile N`` also profiles N train steps of each model
+(torch.profiler): host CPU time against device kernel time per step, and the most expensive
+operators in OUT_DIR/profile_<model>.txt.
 
 examples:
   python tools/analysis/benchmark_wtconvnext.py --device cuda --shape 64 3 224 224
   python tools/analysis/benchmark_wtconvnext.py --device cuda --shape 2 3 800 1216 --autocast bf16
+  python tools/analysis/benchmark_wtconvnext.py --device cuda --autocast bf16 --profile 5
   python tools/analysis/benchmark_wtconvnext.py --shape 1 3 128 128 --repeats 2     # CPU smoke run
 """
 import argparse
@@ -33,12 +36,17 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
+    parser.add_argument('--profile', type=int, default=0, metavar='STEPS',
+                        help='also profile STEPS train steps of each model (default 0: off)')
     parser.add_argument('--out-dir', default='work_dirs/benchmark_wtconvnext')
     args = parser.parse_args(argv)
+    if args.profile < 0:
+        parser.error(f'--profile must be >= 0 steps, got {args.profile}')
 
     import torch
     from convzoo_mm.analysis.benchmark import AUTOCAST_DTYPES, apply_cli_device, machine_info
-    from convzoo_mm.analysis.model_bench import backbone_steps, compare_steps, model_table
+    from convzoo_mm.analysis.model_bench import (backbone_steps, compare_steps, model_table,
+                                                 profile_step)
     from convzoo_mm.backbones import WTConvNeXt
 
     apply_cli_device(parser, args)
@@ -65,10 +73,23 @@ def main(argv=None):
     md += (f'\nautocast: {args.autocast or "none (fp32)"}; images/s: '
            + ', '.join(f'{r["model"]} {r["kind"]} {r["images_per_s"]:.1f}' for r in rows) + '\n')
     os.makedirs(args.out_dir, exist_ok=True)
+    profiles = {}
+    if args.profile:
+        md += '\n| Model | host CPU ms per train step | device kernel ms per train step |\n'
+        md += '|---|---|---|\n'
+        for name, fns in steps.items():
+            prof = profile_step(fns['train'], args.profile, args.device)
+            with open(os.path.join(args.out_dir, f'profile_{name}.txt'), 'w') as f:
+                f.write(prof['table'])
+            dev = '-' if prof['device_ms'] is None else f'{prof["device_ms"]:.1f}'
+            md += f'| {name} | {prof["cpu_ms"]:.1f} | {dev} |\n'
+            profiles[name] = dict(cpu_ms=prof['cpu_ms'], device_ms=prof['device_ms'],
+                                  steps=args.profile)
     with open(os.path.join(args.out_dir, 'benchmark_wtconvnext.md'), 'w') as f:
         f.write(md)
     with open(os.path.join(args.out_dir, 'benchmark_wtconvnext.json'), 'w') as f:
-        json.dump(dict(info=info, rows=rows, shape=args.shape, arch=args.arch), f, indent=1)
+        json.dump(dict(info=info, rows=rows, shape=args.shape, arch=args.arch,
+                       profiles=profiles), f, indent=1)
     print(md)
 
 
