@@ -311,10 +311,9 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
         h = ceil(H/2), w = ceil(W/2), both contiguous in x's dtype (:func:`_band` views one band
         as (N, C, h, w)).
     """
-    k = weight.shape[1]
-    c = x.shape[1]
-    _check_weight('haar_analysis_conv', 'weight', weight, (4, k, k, c), f'(4, k, k, C={c})')
     n, c, hh, ww = x.shape
+    k = weight.shape[1]
+    _check_weight('haar_analysis_conv', 'weight', weight, (4, k, k, c), f'(4, k, k, C={c})')
     h, w = (hh + 1) // 2, (ww + 1) // 2
     filtered = x.new_empty((n, h, w, 4, c)) if out is None else out
     bands = x.new_empty((n, h, w, 4 if keep_bands else 1, c))
