@@ -58,6 +58,8 @@ CASES = [  # c_in, c_out, H, W, levels, k, stride, dilation, channels_last (, gr
     (3, 5, 9, 12, 2, 3, 1, 1, True),
     (2, 2, 10, 9, 1, 3, 3, 1, False),
     (4, 6, 11, 13, 2, 3, 2, 1, True, 2),
+    (40, 40, 12, 13, 2, 5, 1, 1, True),     # channel blocks of 8 and a level's 4C = 160
+    (96, 96, 9, 10, 3, 5, 1, 2, False),     # WTConvNeXt-T stage 1 width: full blocks of 32
 ]
 
 
@@ -109,10 +111,15 @@ def test_fused_under_autocast_close_to_fp32(dtype):
         out = fused(x)
     assert out.dtype == dtype
     assert float((out.float() - ref).abs().max()) <= 3e-2 * float(ref.abs().max())
+    x.requires_grad_()
+    layer(x).sum().backward()
+    want = [x.grad] + [p.grad for p in layer.parameters()]
+    x.grad = None
     with torch.autocast(DEVICE, dtype=dtype):
-        fused(x.requires_grad_()).float().sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in fused.parameters())
-    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+        fused(x).float().sum().backward()
+    assert x.grad.dtype == torch.float32
+    for got, ref in zip([x.grad] + [p.grad for p in fused.parameters()], want):
+        assert float((got.float() - ref).abs().max()) <= 3e-2 * float(ref.abs().max())
 
 
 def test_automatic_choice_and_bad_impl():
@@ -175,14 +182,12 @@ for dt, levels, k, flip, bias, arch in [('bf16', 5, 5, 0, 1, 90), ('fp32', 1, 5,
                                          HAS_BIAS=bias, BP=bp, BC=bc), arch)
 for dt, k, bias, arch in [('fp32', 5, 1, 90), ('bf16', 5, 0, 90), ('fp32', 7, 0, 90),
                           ('fp16', 3, 1, 80)]:
-    kk = 1 << (k * k - 1).bit_length()
-    bc = hw._tiles(96, hw.WEIGHT_GRAD_TILE)[1]
+    kk, bp, bc = hw._weight_grad_tiles(96, k)
     ptrs = {'g_ptr': '*' + dt, 'x_ptr': '*' + dt, 'gl_ptr': '*' + dt, 'xl_ptr': '*' + dt,
             'part_ptr': '*fp32'}
     out[f'sm{arch} weight grad {dt} k{k}'] = usage(
         hw._weight_grad_kernel, ptrs, dict(K=k, KK=kk, DIL=1, PAD=(k - 1) // 2, BIAS=bias,
-                                           BP=max(1, hw.WEIGHT_GRAD_TILE // (kk * bc)), BC=bc),
-        arch)
+                                           BP=bp, BC=bc), arch)
 print(json.dumps(out))
 '''
 
@@ -249,6 +254,10 @@ def test_kernel_wrappers_reject_wrong_layouts():
         fused_ops.haar_synthesis(good, x, kernel, torch.zeros(4, device=DEVICE).half())
     with pytest.raises(ValueError, match='kernel_size must be odd, got 4'):
         fused_ops.depthwise_weight_grad(x, x, 4)
+    with pytest.raises(ValueError, match='dilation must be >= 1, got 0'):
+        fused_ops.depthwise_weight_grad(x, x, 3, 0)
+    with pytest.raises(ValueError, match='must share dtype and device'):
+        fused_ops.depthwise_weight_grad(x.double(), x, 3)
     with pytest.raises(ValueError, match=r'grad_out \(1, 4, 8, 7\) and x \(1, 4, 8, 8\)'):
         fused_ops.depthwise_weight_grad(x[..., :7], x, 3)
 
@@ -337,3 +346,39 @@ def test_fused_path_runs_only_its_own_kernels(monkeypatch):
     backward = launches[len(forward):]
     assert backward == ['analysis_conv'] * levels + ['weight_grad', 'synthesis']
     assert not any('conv' in op for op in ops.seen), sorted(ops.seen)
+
+
+def test_backward_under_copying_saved_tensor_hooks():
+    """Saved-tensor hooks (torch.autograd.graph.save_on_cpu, offloading wrappers) hand the
+    backward copies of what the forward saved, in the default (NCHW, contiguous) layout; the
+    backward must not rely on the saved tensors' layout or on memory past a saved view."""
+    layer, fused = _pair(3, 3, 5, 3)
+    x = torch.randn(2, 3, 13, 11, device=DEVICE)
+    torch.manual_seed(1)
+    grad = torch.randn_like(layer(x))
+    _, want = _run(layer, x, grad)
+
+    def pack(t):
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, got = _run(fused, x.contiguous(memory_format=torch.channels_last), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4 * max(1.0, float(b.abs().max())))
+
+
+def test_frozen_parameters_skip_the_weight_gradients(monkeypatch):
+    """With every parameter frozen only the input gradient is formed: no subbands kept for the
+    weight gradients, no weight-gradient launch, and the input gradient is still exact."""
+    layer, fused = _pair(4, 4, 5, 2)
+    for m in (layer, fused):
+        m.requires_grad_(False)
+    x = torch.randn(2, 4, 11, 12, device=DEVICE)
+    grad = torch.randn_like(x)
+    _, want = _run(layer, x, grad)
+
+    def refuse(*args):
+        raise AssertionError('weight gradients formed for frozen parameters')
+    monkeypatch.setattr(fused_ops, '_weight_grad', refuse)
+    _, got = _run(fused, x, grad)
+    assert all(g is None for g in got[1:])
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-4)

@@ -419,11 +419,11 @@ class WTConv(LayerStateDict, nn.Module):
         if self.impl == 'triton':
             return True
         # the kernels accumulate in float32 (float64 keeps the PyTorch path) and index one
-        # image, and the positions of the batch, with 32-bit offsets
+        # image, and the positions of the batch (with some overshoot past the last), in 32 bits
         return (self.impl == 'auto' and x.is_cuda and self.is_haar
                 and self.kernel_size[0] % 2 == 1 and x.numel() > 0 and eager()
                 and x.dtype != torch.float64 and x.numel() // x.shape[0] < 2 ** 31
-                and x.numel() // x.shape[1] < 2 ** 31 and _fused_ops().AVAILABLE)
+                and x.numel() // x.shape[1] < 2 ** 30 and _fused_ops().AVAILABLE)
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Depthwise WTConv at stride 1 through :func:`convzoo_mm.ops.haar_wtconv.haar_wtconv`."""

@@ -19,18 +19,20 @@ forward is L + 1 kernels and no library call:
 The backward is the same kernels again, because the Haar transform is orthogonal: the gradient
 flows top-down through ``analysis + conv`` (the conv with its kernel flipped) and bottom-up
 through ``synthesis`` (whose base conv, flipped, is the base conv's input gradient). The weight
-gradients of the base conv and of every level are one ``weight grad`` kernel each: a program sums
-``g * x`` over a chunk of positions for all k*k taps at once, its partial sums go to one row of a
-buffer shared by all of them, and one sum over the rows finishes every weight gradient (fixed
-order: deterministic). cuDNN's depthwise weight gradient was the slowest kernel of the backward
-and each cuDNN call costs host time, so the fused path calls no convolution at all.
+gradients of the base conv and of every level are one ``weight grad`` launch: a program sums
+``g * x`` over a chunk of positions of one conv for all k*k taps at once, its partial sums go to
+one row of a buffer shared by all of them, and one sum over the rows finishes every weight
+gradient (fixed order: deterministic). In PyTorch a depthwise conv's backward costs several times
+its forward (README, GPU layer table) and each cuDNN call costs host time, so the fused path calls
+no convolution at all.
 
 Memory layout: everything is channels_last. A program owns a tile of half-resolution positions x
 channels with channels fastest, so each load and store of a tile row is one contiguous piece (the
 backbones hand over channels_last tensors: ConvNeXt blocks permute from NHWC). Subbands and
 filtered bands are (N, h, w, 4, C): one band is a channels_last (N, C, h, w) view, the LL band
-feeds the next level without a copy, and all four viewed as (N, 4C, h, w) channels_last (channel
-band*C + c) are the input of the level's weight gradient. The kernel weights are (4, k, k, C) and
+feeds the next level without a copy, and the subbands and band gradients of all levels are each
+one packed buffer (level after level) that the weight-gradient launch reads as (N, h, w, 4C)
+images. The kernel weights are (4, k, k, C) and
 (k, k, C), so a tap's weights load in one piece too; the weight gradients are written in the
 parameters' own layouts.
 
@@ -349,11 +351,16 @@ def packed_bands(x: torch.Tensor, levels: int, bands: int = 4) -> List[torch.Ten
     """Empty (N, h, w, ``bands``, C) tensors for the bands of every level of ``x``
     (N, C, H, W), views of one buffer in level order, as :func:`haar_synthesis` reads the
     filtered bands (and the backward's weight gradient the subbands)."""
+    return _packed(x, levels, bands)[1]
+
+
+def _packed(x, levels, bands):
+    """:func:`packed_bands` and the flat buffer the views share."""
     n, c = x.shape[:2]
     sizes = level_sizes(x.shape[-2:], levels)
     numels = [n * h * w * bands * c for h, w in sizes]
-    parts = x.new_empty(sum(numels)).split(numels)
-    return [part.view(n, h, w, bands, c) for part, (h, w) in zip(parts, sizes)]
+    flat = x.new_empty(sum(numels))
+    return flat, [part.view(n, h, w, bands, c) for part, (h, w) in zip(flat.split(numels), sizes)]
 
 
 def haar_synthesis(bands: Sequence[torch.Tensor], base_input: torch.Tensor,
@@ -430,15 +437,23 @@ def _weight_grad(g, x, gl, xl, levels, k, dilation, bias):
     rows = c * (1 + 4 * levels)
     part = x.new_empty((max(1, min(WEIGHT_GRAD_SPLITS, _cdiv(n * hh * ww, 512))),
                         rows * kk + (c if bias else 0)), dtype=torch.float32)
-    kp = 1 << (kk - 1).bit_length()
-    bc = min(_tiles(c, WEIGHT_GRAD_TILE)[1], max(1, WEIGHT_GRAD_TILE // kp))
+    kp, bp, bc = _weight_grad_tiles(c, k)
     grid = (part.shape[0], _cdiv(4 * c if levels else c, bc), 1 + levels)
     _weight_grad_kernel[grid](g, x, g if gl is None else gl, x if xl is None else xl, part,
                               n, c, hh, ww, part.shape[1], rows * kk, K=k, KK=kp, DIL=dilation,
-                              PAD=dilation * (k - 1) // 2, BIAS=bias,
-                              BP=max(1, WEIGHT_GRAD_TILE // (kp * bc)), BC=bc,
+                              PAD=dilation * (k - 1) // 2, BIAS=bias, BP=bp, BC=bc,
                               num_warps=NUM_WARPS)
     return part.sum(0)
+
+
+@functools.lru_cache(maxsize=None)
+def _weight_grad_tiles(c: int, k: int):
+    """(KK, BP, BC) of the weight-gradient tile: the k*k taps padded to a power of two, BP
+    positions and BC channels (as :func:`_tiles`, fewer for large k), about WEIGHT_GRAD_TILE
+    elements in all."""
+    kp = 1 << (k * k - 1).bit_length()
+    bc = min(_tiles(c, WEIGHT_GRAD_TILE)[1], max(1, WEIGHT_GRAD_TILE // kp))
+    return kp, max(1, WEIGHT_GRAD_TILE // (kp * bc)), bc
 
 
 def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: int,
@@ -458,6 +473,11 @@ def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: 
                          f'{tuple(x.shape)} must be the same (N, C, H, W) shape')
     if kernel_size % 2 == 0 or kernel_size < 1:
         raise ValueError(f'depthwise_weight_grad: kernel_size must be odd, got {kernel_size}')
+    if dilation < 1:
+        raise ValueError(f'depthwise_weight_grad: dilation must be >= 1, got {dilation}')
+    if grad_out.dtype != x.dtype or grad_out.device != x.device:
+        raise ValueError(f'depthwise_weight_grad: grad_out ({grad_out.dtype}, {grad_out.device}) '
+                         f'and x ({x.dtype}, {x.device}) must share dtype and device')
     c, k = x.shape[1], kernel_size
     total = _weight_grad(grad_out.contiguous(memory_format=torch.channels_last),
                          x.contiguous(memory_format=torch.channels_last), None, None, 0, k,
@@ -473,8 +493,8 @@ def _fold(base_w, base_b, base_s, level_ws, level_ss):
     (C + 4CL, k*k) with their scales (C + 4CL,), base first, for the backward."""
     c, k = base_w.shape[0], base_w.shape[-1]
     kk, num = k * k, len(level_ws)
-    weights = torch.cat([t.view(-1) for t in (base_w, *level_ws)]).view(-1, kk)
-    scales = torch.cat([t.view(-1) for t in (base_s, *level_ss)])
+    weights = torch.cat([t.reshape(-1) for t in (base_w, *level_ws)]).view(-1, kk)
+    scales = torch.cat([t.reshape(-1) for t in (base_s, *level_ss)])
     folded = torch.empty((1 + 4 * num) * kk * c, device=base_w.device, dtype=torch.float32)
     weight = folded[:kk * c].view(k, k, c)
     torch.mul(weights[:c].t(), scales[:c], out=weight.view(kk, c))
@@ -521,38 +541,47 @@ class _HaarWTConv(torch.autograd.Function):
                                                        levels[num:])
         x = x.contiguous(memory_format=torch.channels_last)
         filtered = packed_bands(x, num)
-        # the subbands: all four of every level kept for the weight gradients when training
-        # (packed, as the weight-gradient kernel reads them), else only the LL band
-        kept = packed_bands(x, num, 4 if training else 1)
+        # the subbands: all four of every level for the weight gradients (in one packed buffer,
+        # as the weight-gradient kernel reads them), else only the LL band (the next level's
+        # input); the same for the band gradients in the backward
+        need_w = training and any(ctx.needs_input_grad[3:])
+        kept_flat, kept = _packed(x, num, 4 if need_w else 1)
         ll = x
         for i in range(num):
             _analysis(ll, level_w[i], dilation, False, filtered[i], kept[i])
             ll = _band(kept[i], 0)
-        ctx.dilation = dilation
-        if training:  # (kept[0] holds the storage of all levels' subbands)
-            ctx.save_for_backward(x, weight, level_w, weights, scales, kept[0] if num else None,
-                                  base_w, base_b, base_s, *levels)
+        ctx.dilation, ctx.need_w = dilation, need_w
+        if training:
+            ctx.save_for_backward(x, weight, level_w, weights, scales,
+                                  kept_flat if need_w else None, base_w, base_b, base_s, *levels)
         return _synthesis(filtered, x, weight, bias, dilation, False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, weight, level_w, weights, scales, kept, *params = ctx.saved_tensors
-        num, d, base_b = level_w.shape[0], ctx.dilation, params[1]
+        num, d, need_w = level_w.shape[0], ctx.dilation, ctx.need_w
+        # saved-tensor hooks (e.g. torch.autograd.graph.save_on_cpu) may give back copies in
+        # another layout: the kernels read x as channels_last and the subbands as one buffer
+        x = x.contiguous(memory_format=torch.channels_last)
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
         # top-down: gradients of the filtered bands are the subbands of the level gradient
         dbands = packed_bands(x, num)
-        gbands = packed_bands(x, num, 4)
+        gbands_flat, gbands = _packed(x, num, 4 if need_w else 1)
         g = grad
         for i in range(num):
             _analysis(g, level_w[i], d, True, dbands[i], gbands[i])
             g = _band(gbands[i], 0)
-        total = _weight_grad(grad, x, gbands[0] if num else None, kept, num, weight.shape[0], d,
-                             base_b is not None)
+        grads = [None] * len(params)
+        if need_w:
+            total = _weight_grad(grad, x, gbands_flat if num else None,
+                                 kept.contiguous() if num else None, num, weight.shape[0], d,
+                                 params[1] is not None)
+            grads = _unfold(total, weights, scales, params[1], params)
         # bottom-up: the level gradients recombine through the inverse transforms, plus the base
         # conv's transposed conv (its kernel flipped)
         gx = _synthesis(dbands, grad, weight, None, d, True) if ctx.needs_input_grad[0] else None
-        return (gx, None, None, *_unfold(total, weights, scales, base_b, params))
+        return (gx, None, None, *grads)
 
 
 def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[torch.Tensor],
