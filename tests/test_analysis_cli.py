@@ -80,7 +80,7 @@ def test_wtconvnext_benchmark_cli_tiny(tmp_path):
     saved = json.load(open(tmp_path / 'benchmark_wtconvnext.json'))
     for model in ('ConvNeXt-tiny', 'WTConvNeXt-tiny'):      # --profile: CPU time, top operators
         cpu = saved['profiles'][model]['cpu_ms']
-        assert f'| {model} | {cpu:.1f} | - |' in proc.stdout and cpu > 0
+        assert f'| {model} | {cpu:.1f} | 0.0 | - |' in proc.stdout and cpu > 0
         assert 'aten::' in open(tmp_path / f'profile_{model}.txt').read()
     rows = saved['rows']
     wt = {r['kind']: r for r in rows if r['model'] == 'WTConvNeXt-tiny'}
@@ -100,6 +100,9 @@ def test_profile_step_counts_operators_per_step():
     prof = profile_step(step, steps=2)
     assert prof['ops']['aten::mm'] == 3 and prof['ops']['aten::mul_'] == 1
     assert prof['device_ms'] is None and prof['cpu_ms'] > 0 and 'aten::mm' in prof['table']
+    assert prof['wait_ms'] == 0                     # no device to wait for
+    with pytest.raises(ValueError, match='steps must be >= 1, got 0'):
+        profile_step(step, steps=0)
 
 
 def test_config_pairs_exist_and_pair_a_layer_with_its_baseline():

@@ -58,7 +58,7 @@ CASES = [  # c_in, c_out, H, W, levels, k, stride, dilation, channels_last (, gr
     (3, 5, 9, 12, 2, 3, 1, 1, True),
     (2, 2, 10, 9, 1, 3, 3, 1, False),
     (4, 6, 11, 13, 2, 3, 2, 1, True, 2),
-    (40, 40, 12, 13, 2, 5, 1, 1, True),     # channel blocks of 8 and a level's 4C = 160
+    (40, 40, 12, 13, 2, 5, 1, 1, True),     # blocks of 32, one masked; a level's 4C = 160
     (96, 96, 9, 10, 3, 5, 1, 2, False),     # WTConvNeXt-T stage 1 width: full blocks of 32
 ]
 
@@ -329,7 +329,9 @@ def test_fused_path_runs_only_its_own_kernels(monkeypatch):
         monkeypatch.setattr(fused_ops, name, Counted(kernel, name[1:-7]))
 
     class Ops(TorchDispatchMode):
-        seen = set()
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.seen.add(func.overloadpacket.__name__)

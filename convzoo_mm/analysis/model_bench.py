@@ -60,16 +60,31 @@ def compare_steps(steps: Dict[str, Dict[str, Callable[[], Any]]], baseline: str,
     return rows
 
 
+# runtime calls in which the host waits for the device (a blocking copy such as ``loss.item()``,
+# an explicit synchronize): their time is the device's, not the host's own work
+_WAITS = ('Synchronize', 'cudaMemcpy', 'aten::_local_scalar_dense')
+
+
 def profile_step(fn: Callable[[], Any], steps: int = 3, device: str = 'cpu',
                  row_limit: int = 30) -> Dict[str, Any]:
     """Run ``fn`` once untimed, then ``steps`` times under :mod:`torch.profiler`.
 
-    Returns ``dict(cpu_ms, device_ms, ops, table)``: the summed self CPU time of all profiled
-    events per step (the host's work: Python-side operator dispatch, kernel launches), the summed
-    self time of device kernels per step (None without CUDA), ``ops`` = {operator name: calls per
-    step} and the profiler's table of the ``row_limit`` most expensive operators (by device time
-    on CUDA, else CPU time). A step whose cpu_ms exceeds its device_ms is bound by the CPU that
-    launches its kernels: faster kernels will not make it faster."""
+    Returns ``dict(cpu_ms, wait_ms, device_ms, ops, table)`` per step:
+
+    * ``cpu_ms``: the host's own work, the summed self CPU time of the recorded events (operator
+      dispatch, kernel launches) except those that wait for the device (``wait_ms``: blocking
+      copies such as ``loss.item()``, synchronizes); Python time between operators is not
+      recorded;
+    * ``device_ms``: the summed time of device kernels and copies (None without CUDA), counted
+      once (the profiler also attributes each kernel's time to the operator that launched it);
+    * ``ops``: {event name: calls per step}; ``table``: the profiler's table of the
+      ``row_limit`` most expensive events (by device time on CUDA, else CPU time).
+
+    A step whose ``cpu_ms`` exceeds its ``device_ms`` is bound by the CPU that launches its
+    kernels: faster kernels will not make it faster."""
+    if steps < 1:
+        raise ValueError(f'profile_step: steps must be >= 1, got {steps}')
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     cuda = torch.device(device).type == 'cuda'
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -82,18 +97,17 @@ def profile_step(fn: Callable[[], Any], steps: int = 3, device: str = 'cpu',
         if cuda:
             torch.cuda.synchronize(device)
     events = prof.key_averages()
-
-    def device_time(e):
-        return getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0)
-    cpu_ms = sum(e.self_cpu_time_total for e in events) / steps / 1e3
-    device_ms = sum(device_time(e) for e in events) / steps / 1e3 if cuda else None
-    sort = 'self_cpu_time_total'
-    if cuda:
-        sort = 'self_device_time_total' if hasattr(events[0], 'self_device_time_total') \
-            else 'self_cuda_time_total'
-    return dict(cpu_ms=cpu_ms, device_ms=device_ms,
+    host = [e for e in events if e.device_type == DeviceType.CPU]
+    waits = [e for e in host if cuda and any(w in e.key for w in _WAITS)]
+    kernels = [e for e in events if e.device_type != DeviceType.CPU and not e.is_user_annotation]
+    return dict(cpu_ms=(sum(e.self_cpu_time_total for e in host)
+                        - sum(e.self_cpu_time_total for e in waits)) / steps / 1e3,
+                wait_ms=sum(e.self_cpu_time_total for e in waits) / steps / 1e3,
+                device_ms=sum(e.self_device_time_total for e in kernels) / steps / 1e3
+                if cuda else None,
                 ops={e.key: e.count / steps for e in events},
-                table=events.table(sort_by=sort, row_limit=row_limit))
+                table=events.table(sort_by='self_device_time_total' if cuda
+                                   else 'self_cpu_time_total', row_limit=row_limit))
 
 
 def backbone_steps(backbone: torch.nn.Module, images: torch.Tensor,

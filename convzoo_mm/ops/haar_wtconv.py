@@ -3,12 +3,13 @@
 Why it is fast: the published layer runs, per wavelet level, a stride-2 grouped conv (transform),
 a depthwise conv, a scale, a concatenation, a transposed grouped conv (inverse) and a crop, each a
 separate kernel with its own full pass over memory, and as many again in the backward. Here a
-forward is L + 1 kernels and no library call:
+forward is L + 1 kernels (plus a few tiny ops that fold the scales into the kernels) and no
+convolution call:
 
 * ``analysis + conv``, one per level: forms the four Haar subbands of the level's input on the fly
   (odd sizes zero-padded by masking) and applies the depthwise k x k conv with the learnable scale
   already folded into its weights; it also writes the subbands themselves (the LL band feeds the
-  next level; all four are kept for the weight gradient when training).
+  next level; all four are kept when a parameter needs a gradient, for the weight gradients).
 * ``synthesis``, one for all levels and the base conv: every output pixel is the base depthwise
   conv of the input at that pixel (scale and bias folded in) plus, for each level, the inverse
   transform of that level's filtered bands at its ancestor position (deeper reconstructions enter
@@ -23,8 +24,8 @@ gradients of the base conv and of every level are one ``weight grad`` launch: a 
 ``g * x`` over a chunk of positions of one conv for all k*k taps at once, its partial sums go to
 one row of a buffer shared by all of them, and one sum over the rows finishes every weight
 gradient (fixed order: deterministic). In PyTorch a depthwise conv's backward costs several times
-its forward (README, GPU layer table) and each cuDNN call costs host time, so the fused path calls
-no convolution at all.
+its forward (docs/benchmarks/wtconv_gpu_h100_fp32.md, raw times of the dw conv 7x7) and each cuDNN
+call costs host time, so the fused path calls no convolution at all.
 
 Memory layout: everything is channels_last. A program owns a tile of half-resolution positions x
 channels with channels fastest, so each load and store of a tile row is one contiguous piece (the
@@ -32,9 +33,8 @@ backbones hand over channels_last tensors: ConvNeXt blocks permute from NHWC). S
 filtered bands are (N, h, w, 4, C): one band is a channels_last (N, C, h, w) view, the LL band
 feeds the next level without a copy, and the subbands and band gradients of all levels are each
 one packed buffer (level after level) that the weight-gradient launch reads as (N, h, w, 4C)
-images. The kernel weights are (4, k, k, C) and
-(k, k, C), so a tap's weights load in one piece too; the weight gradients are written in the
-parameters' own layouts.
+images. The kernel weights are (4, k, k, C) and (k, k, C), so a tap's weights load in one piece
+too; the weight gradients are written in the parameters' own layouts.
 
 Math (per channel, the 2x2 block p_rc at rows 2u+r, columns 2v+c of the level input):
 ``LL = (p00+p01+p10+p11)/2``, ``b1 = (p00+p01-p10-p11)/2``, ``b2 = (p00-p01+p10-p11)/2``,
@@ -64,9 +64,10 @@ __all__ = ['AVAILABLE', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis', '
 
 
 # launch configuration: positions x channels per program (see _tiles) and warps per program;
-# the weight-gradient sums: positions x taps x channels per program, and programs along positions
+# the weight-gradient sums: positions x taps x channels per program, at most SPLITS programs
+# (rows of partial sums) along the positions of the base conv, each with at least CHUNK of them
 ANALYSIS_TILE, SYNTHESIS_TILE, NUM_WARPS = 512, 1024, 8
-WEIGHT_GRAD_TILE, WEIGHT_GRAD_SPLITS = 4096, 128
+WEIGHT_GRAD_TILE, WEIGHT_GRAD_SPLITS, WEIGHT_GRAD_CHUNK = 4096, 128, 512
 
 
 @functools.lru_cache(maxsize=None)
@@ -347,15 +348,15 @@ def level_sizes(size, levels: int):
     return out
 
 
-def packed_bands(x: torch.Tensor, levels: int, bands: int = 4) -> List[torch.Tensor]:
-    """Empty (N, h, w, ``bands``, C) tensors for the bands of every level of ``x``
-    (N, C, H, W), views of one buffer in level order, as :func:`haar_synthesis` reads the
-    filtered bands (and the backward's weight gradient the subbands)."""
-    return _packed(x, levels, bands)[1]
+def packed_bands(x: torch.Tensor, levels: int) -> List[torch.Tensor]:
+    """Empty (N, h, w, 4, C) tensors for the filtered bands of every level of ``x``
+    (N, C, H, W), views of one buffer in level order, as :func:`haar_synthesis` reads them."""
+    return _packed(x, levels, 4)[1]
 
 
 def _packed(x, levels, bands):
-    """:func:`packed_bands` and the flat buffer the views share."""
+    """(flat, views): (N, h, w, ``bands``, C) views of every level in one flat buffer, level
+    after level (the subbands for the weight-gradient kernel, which reads the flat buffer)."""
     n, c = x.shape[:2]
     sizes = level_sizes(x.shape[-2:], levels)
     numels = [n * h * w * bands * c for h, w in sizes]
@@ -376,6 +377,7 @@ def haar_synthesis(bands: Sequence[torch.Tensor], base_input: torch.Tensor,
         base_weight: (k, k, C) float32 contiguous, k odd: the base conv's kernel, scale folded
             in, taps first so that a tap's weights load in one piece.
         base_bias: (C,) float32 or None.
+        dilation: of the base conv ('same' padding dilation*(k-1)/2).
         flip: convolve with the kernel rotated by 180 degrees (the backward's transposed conv).
 
     Output pixel (y, x) is ``conv(base_input)[y, x] + bias + sum_i 2^-(i+1) (f0 + sy f1 + sx
@@ -428,15 +430,15 @@ def _synthesis(bands, a, weight, bias, dilation, flip):
 def _weight_grad(g, x, gl, xl, levels, k, dilation, bias):
     """All weight gradients of the layer in one launch: the base conv's (output gradient ``g``,
     input ``x``, both (N, C, H, W) channels_last contiguous) and the ``levels`` level convs'
-    (their (N, h, w, 4, C) output gradients and subbands packed in ``gl`` / ``xl`` as by
-    :func:`packed_bands`, or None). Returns the summed float32 vector: the base weight (C, k, k),
-    the level weights (L, 4C, k, k) in the layer's channel order (c*4 + band), then the bias
-    gradient (C,) when ``bias``."""
+    (their (N, h, w, 4, C) output gradients and subbands, level after level in the flat
+    buffers ``gl`` / ``xl`` from :func:`_packed`, or None). Returns the summed float32 vector:
+    the base weight (C, k, k), the level weights (L, 4C, k, k) in the layer's channel order
+    (c*4 + band), then the bias gradient (C,) when ``bias``."""
     n, c, hh, ww = x.shape
     kk = k * k
     rows = c * (1 + 4 * levels)
-    part = x.new_empty((max(1, min(WEIGHT_GRAD_SPLITS, _cdiv(n * hh * ww, 512))),
-                        rows * kk + (c if bias else 0)), dtype=torch.float32)
+    splits = max(1, min(WEIGHT_GRAD_SPLITS, _cdiv(n * hh * ww, WEIGHT_GRAD_CHUNK)))
+    part = x.new_empty((splits, rows * kk + (c if bias else 0)), dtype=torch.float32)
     kp, bp, bc = _weight_grad_tiles(c, k)
     grid = (part.shape[0], _cdiv(4 * c if levels else c, bc), 1 + levels)
     _weight_grad_kernel[grid](g, x, g if gl is None else gl, x if xl is None else xl, part,
@@ -489,38 +491,39 @@ def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: 
 def _fold(base_w, base_b, base_s, level_ws, level_ss):
     """The layer's parameters with the scales folded into the kernels (a scale after a depthwise
     conv is a scale of its kernel), in the kernels' float32 layouts: the base kernel (k, k, C),
-    its bias (C,) or None and the level kernels (L, 4, k, k, C); and all raw kernels as rows
-    (C + 4CL, k*k) with their scales (C + 4CL,), base first, for the backward."""
+    its bias (C,) or None and the level kernels (L, 4, k, k, C); and, for the backward, the raw
+    kernels as rows (C + 4CL, k*k) with the rows' scales (C + 4CL,), base first."""
     c, k = base_w.shape[0], base_w.shape[-1]
     kk, num = k * k, len(level_ws)
-    weights = torch.cat([t.reshape(-1) for t in (base_w, *level_ws)]).view(-1, kk)
-    scales = torch.cat([t.reshape(-1) for t in (base_s, *level_ss)])
+    rows = torch.cat([t.reshape(-1) for t in (base_w, *level_ws)]).view(-1, kk)
+    row_scales = torch.cat([t.reshape(-1) for t in (base_s, *level_ss)])
     folded = torch.empty((1 + 4 * num) * kk * c, device=base_w.device, dtype=torch.float32)
     weight = folded[:kk * c].view(k, k, c)
-    torch.mul(weights[:c].t(), scales[:c], out=weight.view(kk, c))
+    torch.mul(rows[:c].t(), row_scales[:c], out=weight.view(kk, c))
     level_w = folded[kk * c:].view(num, 4, k, k, c)
-    torch.mul(weights[c:].view(num, c, 4, kk).permute(0, 2, 3, 1),
-              scales[c:].view(num, c, 4, 1).permute(0, 2, 3, 1), out=level_w.view(num, 4, kk, c))
-    bias = None if base_b is None else (base_b * scales[:c]).float()
-    return weight, bias, level_w, weights, scales
+    torch.mul(rows[c:].view(num, c, 4, kk).permute(0, 2, 3, 1),
+              row_scales[c:].view(num, c, 4, 1).permute(0, 2, 3, 1),
+              out=level_w.view(num, 4, kk, c))
+    bias = None if base_b is None else (base_b * row_scales[:c]).float()
+    return weight, bias, level_w, rows, row_scales
 
 
-def _unfold(total, weights, scales, base_b, params):
-    """Gradients of the raw parameters ``params`` (base weight, bias, scale, then the L level
-    weights and L level scales) from ``total``, the gradients of the folded kernels of
-    :func:`_weight_grad` (rows like ``weights``, then the bias): d(w*s)/dw = s and d(w*s)/ds =
-    sum over the kernel of w."""
-    rows, kk = weights.shape
-    c = params[0].shape[0]
-    g_rows = total[:rows * kk].view(rows, kk)
-    g_w = g_rows * scales[:, None]
-    g_s = (g_rows * weights).sum(1)
+def _unfold(total, rows, row_scales, params):
+    """Gradients of the raw parameters ``params`` (base weight, bias or None, scale, then the L
+    level weights and L level scales) from ``total``, the gradients of the folded kernels of
+    :func:`_weight_grad` (like ``rows``, then the bias): d(w*s)/dw = s and d(w*s)/ds = sum over
+    the kernel of w."""
+    num_rows, kk = rows.shape
+    c, base_b = params[0].shape[0], params[1]
+    g_rows = total[:num_rows * kk].view(num_rows, kk)
+    g_w = g_rows * row_scales[:, None]
+    g_s = (g_rows * rows).sum(1)
     g_b = None
     if base_b is not None:
-        g_bias = total[rows * kk:]
+        g_bias = total[num_rows * kk:]
         g_s[:c].add_(g_bias * base_b)
-        g_b = g_bias * scales[:c]
-    num = (rows // c - 1) // 4
+        g_b = g_bias * row_scales[:c]
+    num = (num_rows // c - 1) // 4
     g_ws = [g_w[:c], *g_w[c:].view(num, 4 * c, kk).unbind(0)]
     g_ss = [g_s[:c], *g_s[c:].view(num, 4 * c).unbind(0)]
     grads = [g_ws[0], g_b, g_ss[0], *g_ws[1:], *g_ss[1:]]
@@ -537,8 +540,8 @@ class _HaarWTConv(torch.autograd.Function):
         # x: (N, C, H, W); base_w: (C, 1, k, k); base_b: (C,) or None; base_s: (1, C, 1, 1);
         # levels: L weights (4C, 1, k, k) then L scales (1, 4C, 1, 1)
         num = len(levels) // 2
-        weight, bias, level_w, weights, scales = _fold(base_w, base_b, base_s, levels[:num],
-                                                       levels[num:])
+        weight, bias, level_w, rows, row_scales = _fold(base_w, base_b, base_s, levels[:num],
+                                                        levels[num:])
         x = x.contiguous(memory_format=torch.channels_last)
         filtered = packed_bands(x, num)
         # the subbands: all four of every level for the weight gradients (in one packed buffer,
@@ -552,14 +555,14 @@ class _HaarWTConv(torch.autograd.Function):
             ll = _band(kept[i], 0)
         ctx.dilation, ctx.need_w = dilation, need_w
         if training:
-            ctx.save_for_backward(x, weight, level_w, weights, scales,
+            ctx.save_for_backward(x, weight, level_w, rows, row_scales,
                                   kept_flat if need_w else None, base_w, base_b, base_s, *levels)
         return _synthesis(filtered, x, weight, bias, dilation, False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight, level_w, weights, scales, kept, *params = ctx.saved_tensors
+        x, weight, level_w, rows, row_scales, kept, *params = ctx.saved_tensors
         num, d, need_w = level_w.shape[0], ctx.dilation, ctx.need_w
         # saved-tensor hooks (e.g. torch.autograd.graph.save_on_cpu) may give back copies in
         # another layout: the kernels read x as channels_last and the subbands as one buffer
@@ -577,7 +580,7 @@ class _HaarWTConv(torch.autograd.Function):
             total = _weight_grad(grad, x, gbands_flat if num else None,
                                  kept.contiguous() if num else None, num, weight.shape[0], d,
                                  params[1] is not None)
-            grads = _unfold(total, weights, scales, params[1], params)
+            grads = _unfold(total, rows, row_scales, params)
         # bottom-up: the level gradients recombine through the inverse transforms, plus the base
         # conv's transposed conv (its kernel flipped)
         gx = _synthesis(dbands, grad, weight, None, d, True) if ctx.needs_input_grad[0] else None

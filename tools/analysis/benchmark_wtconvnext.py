@@ -6,8 +6,9 @@ built in one process and measured interleaved on the same random images: one tra
 forward + backward of the sum of the output means + SGD step; inference is a no_grad forward.
 Needs no mmdet/mmseg. Prints a markdown table (ratios to ConvNeXt) and writes
 OUT_DIR/benchmark_wtconvnext.{md,json}. ``--profile N`` also profiles N train steps of each model
-(torch.profiler): host CPU time against device kernel time per step, and the most expensive
-operators in OUT_DIR/profile_<model>.txt.
+(torch.profiler, convzoo_mm.analysis.model_bench.profile_step): the host's own CPU time, its time
+waiting for the device and the device's kernel time per step, and the most expensive operators
+in OUT_DIR/profile_<model>.txt.
 
 examples:
   python tools/analysis/benchmark_wtconvnext.py --device cuda --shape 64 3 224 224
@@ -75,16 +76,16 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     profiles = {}
     if args.profile:
-        md += '\n| Model | host CPU ms per train step | device kernel ms per train step |\n'
-        md += '|---|---|---|\n'
+        md += ('\n| Model | host CPU ms per train step | host waiting for the device, ms | '
+               'device kernel ms per train step |\n|---|---|---|---|\n')
         for name, fns in steps.items():
             prof = profile_step(fns['train'], args.profile, args.device)
             with open(os.path.join(args.out_dir, f'profile_{name}.txt'), 'w') as f:
                 f.write(prof['table'])
             dev = '-' if prof['device_ms'] is None else f'{prof["device_ms"]:.1f}'
-            md += f'| {name} | {prof["cpu_ms"]:.1f} | {dev} |\n'
-            profiles[name] = dict(cpu_ms=prof['cpu_ms'], device_ms=prof['device_ms'],
-                                  steps=args.profile)
+            md += f'| {name} | {prof["cpu_ms"]:.1f} | {prof["wait_ms"]:.1f} | {dev} |\n'
+            profiles[name] = dict(cpu_ms=prof['cpu_ms'], wait_ms=prof['wait_ms'],
+                                  device_ms=prof['device_ms'], steps=args.profile)
     with open(os.path.join(args.out_dir, 'benchmark_wtconvnext.md'), 'w') as f:
         f.write(md)
     with open(os.path.join(args.out_dir, 'benchmark_wtconvnext.json'), 'w') as f:
