@@ -147,7 +147,7 @@ from triton.backends.compiler import GPUTarget
 from convzoo_mm.ops import haar_wtconv as hw
 
 BIN = sys.argv[1]
-ints = dict.fromkeys(['P', 'C', 'H', 'W', 'h', 'w', 'N', 'row', 'bias_col', 'sxn', 'sxc', 'sxh',
+ints = dict.fromkeys(['P', 'C', 'H', 'W', 'h', 'w', 'N', 'row', 'sxn', 'sxc', 'sxh',
                       'sxw', 'san', 'sac', 'sah', 'saw', 'son', 'soc', 'soh', 'sow'], 'i32')
 
 

@@ -100,6 +100,14 @@ if AVAILABLE:
         v = p % w
         return p, n, u, v, ch, p < P, ch < C
 
+    @triton.jit
+    def _tap(dy, dx, K: tl.constexpr, FLIP: tl.constexpr):
+        """Index of tap (dy, dx) in a row-major k x k kernel, rotated by 180 degrees if FLIP
+        (the transposed conv of a 'same' conv at stride 1 is the conv with that kernel)."""
+        if FLIP:
+            return K * K - 1 - (dy * K + dx)
+        return dy * K + dx
+
     # sizes vary from image to image in detection: not specializing on them avoids recompiles
     @triton.jit(do_not_specialize=['P', 'H', 'W', 'h', 'w'])
     def _analysis_conv_kernel(x_ptr, w_ptr, f_ptr, b_ptr, P, C, H, W, h, w,
@@ -138,10 +146,7 @@ if AVAILABLE:
                 d1 = p00 - p01
                 s2 = p10 + p11
                 d2 = p10 - p11
-                if FLIP:
-                    t = K * K - 1 - (dy * K + dx)
-                else:
-                    t = dy * K + dx
+                t = _tap(dy, dx, K, FLIP)
                 wt = wb + t * C
                 a0 += (s1 + s2) * tl.load(wt, mask=c_ok, other=0.0)[None, :]
                 a1 += (s1 - s2) * tl.load(wt + K * K * C, mask=c_ok, other=0.0)[None, :]
@@ -208,10 +213,7 @@ if AVAILABLE:
             for dx in tl.static_range(K):
                 xx = x + (dx * DIL - PAD)
                 m = row_ok & (xx >= 0) & (xx < W)
-                if FLIP:
-                    t = K * K - 1 - (dy * K + dx)
-                else:
-                    t = dy * K + dx
+                t = _tap(dy, dx, K, FLIP)
                 v = tl.load(ab + (yy * sah + xx * saw)[:, None], mask=m[:, None] & c_ok[None, :],
                             other=0.0).to(tl.float32)
                 acc += v * tl.load(w_ptr + t * C + ch, mask=c_ok, other=0.0)[None, :]
@@ -220,8 +222,8 @@ if AVAILABLE:
         ob = o_ptr + n64 * son + ch[None, :] * soc + (y * soh + x * sow)[:, None]
         tl.store(ob, acc.to(o_ptr.dtype.element_ty), mask=ok)
 
-    @triton.jit(do_not_specialize=['N', 'H', 'W', 'bias_col'])
-    def _weight_grad_kernel(g_ptr, x_ptr, gl_ptr, xl_ptr, part_ptr, N, C, H, W, row, bias_col,
+    @triton.jit(do_not_specialize=['N', 'H', 'W'])
+    def _weight_grad_kernel(g_ptr, x_ptr, gl_ptr, xl_ptr, part_ptr, N, C, H, W, row,
                             K: tl.constexpr, KK: tl.constexpr, DIL: tl.constexpr,
                             PAD: tl.constexpr, BIAS: tl.constexpr,
                             BP: tl.constexpr, BC: tl.constexpr):
@@ -230,9 +232,9 @@ if AVAILABLE:
         # (a [positions, taps, channels] tile, taps padded to KK), and writes the sums to row s
         # of part_ptr in the parameter's layout (channel j, tap t at column col + j*K*K + t).
         # part 0 is the base conv: g, x (N, H, W, C) contiguous, channel j = c, col 0, bias
-        # gradient (sum of g) at bias_col. part i+1 is level i: g, x the level's (N, h, w, 4, C)
-        # band tensors, packed one level after another at gl / xl (channel band*C + c), the
-        # layer's channel j = c*4 + band, col = C*K*K + i*4C*K*K.
+        # gradient (sum of g) in the last C columns. part i+1 is level i: g, x the level's
+        # (N, h, w, 4, C) band tensors, packed one level after another at gl / xl (channel
+        # band*C + c), the layer's channel j = c*4 + band, col = C*K*K + i*4C*K*K.
         s = tl.program_id(0)
         level = tl.program_id(2) - 1
         cp = C
@@ -287,7 +289,7 @@ if AVAILABLE:
                  mask=t_ok[:, None] & c_ok[None, :])
         if BIAS:
             if level < 0:
-                tl.store(pb + bias_col + ch, tl.sum(gsum, axis=0), mask=c_ok)
+                tl.store(pb + row - C + ch, tl.sum(gsum, axis=0), mask=c_ok)
 
 
 def _band(t: torch.Tensor, band: int) -> torch.Tensor:
@@ -442,7 +444,7 @@ def _weight_grad(g, x, gl, xl, levels, k, dilation, bias):
     kp, bp, bc = _weight_grad_tiles(c, k)
     grid = (part.shape[0], _cdiv(4 * c if levels else c, bc), 1 + levels)
     _weight_grad_kernel[grid](g, x, g if gl is None else gl, x if xl is None else xl, part,
-                              n, c, hh, ww, part.shape[1], rows * kk, K=k, KK=kp, DIL=dilation,
+                              n, c, hh, ww, part.shape[1], K=k, KK=kp, DIL=dilation,
                               PAD=dilation * (k - 1) // 2, BIAS=bias, BP=bp, BC=bc,
                               num_warps=NUM_WARPS)
     return part.sum(0)
