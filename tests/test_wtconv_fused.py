@@ -262,6 +262,31 @@ def test_kernel_wrappers_reject_wrong_layouts():
         fused_ops.depthwise_weight_grad(x[..., :7], x, 3)
 
 
+def test_haar_wtconv_function_matches_layer_and_names_bad_shapes():
+    """The public function on the layer's parameters gives the layer's output; a parameter of
+    the wrong shape is named (the layer itself skips these checks)."""
+    layer, _ = _pair(4, 4, 3, 2)
+    x = torch.randn(2, 4, 9, 7, device=DEVICE)
+    ws = [m.weight for m in layer.wavelet_convs]
+    ss = [m.weight for m in layer.wavelet_scale]
+    args = (layer.base_conv.weight, layer.base_conv.bias, layer.base_scale.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_ops.haar_wtconv(x, *args, ws, ss), layer(x),
+                                   rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match='2 level_weights but 1 level_scales'):
+            fused_ops.haar_wtconv(x, *args, ws, ss[:1])
+        with pytest.raises(ValueError, match=r'level_scales\[1\] must have shape \(1, 16, 1, 1\)'):
+            fused_ops.haar_wtconv(x, *args, ws, [ss[0], ss[1].view(-1)])
+        with pytest.raises(ValueError, match=r'base_weight must have shape \(8, 1, 3, 3\) for x '
+                           r'with C=8'):
+            fused_ops.haar_wtconv(torch.cat([x, x], 1), *args, ws, ss)
+        with pytest.raises(ValueError, match=r'base_bias must have shape \(4,\)'):
+            fused_ops.haar_wtconv(x, args[0], args[1][:3], args[2], ws, ss)
+        even = torch.zeros(4, 1, 2, 2, device=DEVICE)
+        with pytest.raises(ValueError, match='kernel size must be odd, got 2'):
+            fused_ops.haar_wtconv(x, even, None, args[2], [], [])
+
+
 @pytest.mark.parametrize('n,c,h,w,k,dilation,bias,cl,dtype', [
     (2, 3, 17, 13, 3, 1, True, False, torch.float32),
     (3, 40, 25, 31, 5, 1, False, True, torch.float32),   # 2325 positions: 5 programs' sums
@@ -348,6 +373,47 @@ def test_fused_path_runs_only_its_own_kernels(monkeypatch):
     backward = launches[len(forward):]
     assert backward == ['analysis_conv'] * levels + ['weight_grad', 'synthesis']
     assert not any('conv' in op for op in ops.seen), sorted(ops.seen)
+
+
+def test_fused_path_host_work_is_its_launches_and_few_small_ops(monkeypatch):
+    """Where the layer is bound by the host (small sizes on a GPU), each PyTorch op costs about
+    as much as a kernel launch. With the launches stubbed out, a training fwd+bwd with the base
+    bias runs these kernel-running PyTorch ops and no others (views and allocations aside):
+    the scale fold (two cats, three multiplies) forward, the weight-gradient sum and unfold
+    backward; whatever the number of levels."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Stub:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+    for name in ('_analysis_conv_kernel', '_synthesis_kernel', '_weight_grad_kernel'):
+        monkeypatch.setattr(fused_ops, name, Stub())
+    free = {'view', 'slice', 'select', 'permute', 't', 'unsqueeze', 'split_with_sizes', 'unbind',
+            'empty', 'new_empty', 'empty_like', 'detach', 'alias'}
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in free:
+                self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    for levels in (1, 5):
+        _, fused = _pair(8, 8, 5, levels)
+        x = torch.randn(2, 8, 40, 36, device=DEVICE).contiguous(
+            memory_format=torch.channels_last).requires_grad_()     # as ConvNeXt blocks give it
+        with Ops() as fwd:
+            out = fused(x)
+        grad = torch.ones_like(out)
+        with Ops() as bwd:
+            torch.autograd.grad(out, [x, *fused.parameters()], grad)
+        assert fwd.ops == Counter(cat=2, mul=3), fwd.ops
+        assert bwd.ops == Counter(sum=2, mul=3, addcmul_=1), bwd.ops
 
 
 def test_backward_under_copying_saved_tensor_hooks():

@@ -432,7 +432,7 @@ class WTConv(LayerStateDict, nn.Module):
         return _fused_ops().haar_wtconv(
             x, self.base_conv.weight, self.base_conv.bias, self.base_scale.weight,
             [m.weight for m in self.wavelet_convs], [m.weight for m in self.wavelet_scale],
-            self.dilation[0])
+            self.dilation[0], check=False)
 
     def _wavelet_path(self, x: torch.Tensor, stride: int, base: torch.Tensor) -> torch.Tensor:
         """``base`` (the base conv's output) plus all levels' reconstructions, at the output size

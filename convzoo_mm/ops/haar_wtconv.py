@@ -328,16 +328,41 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
 
 def _analysis(x, weight, dilation, flip, filtered, bands):
     """:func:`haar_analysis_conv` into given (N, h, w, 4, C) and (N, h, w, 4 or 1, C) outputs,
-    without the argument checks (the layer's own calls)."""
+    without the argument checks."""
     n, c, hh, ww = x.shape
+    _launch_analysis(x, x.stride(), n, c, hh, ww, weight, filtered, bands, bands.shape[3],
+                     dilation, flip)
+
+
+def _launch_analysis(x, strides, n, c, hh, ww, weight, filtered, bands, nb, dilation, flip):
+    """One analysis + conv launch: input ``x`` (N, C, H, W) given by its data and ``strides``
+    (the layer passes a band of a packed buffer without making a view of it), outputs written at
+    the starts of ``filtered`` and ``bands`` (``nb`` subbands kept)."""
     k = weight.shape[1]
     h, w = (hh + 1) // 2, (ww + 1) // 2
     bp, bc = _tiles(c, ANALYSIS_TILE)
-    grid = (_cdiv(n * h * w, bp), _cdiv(c, bc))
-    _analysis_conv_kernel[grid](x, weight, filtered, bands, n * h * w, c,
-                                hh, ww, h, w, *x.stride(), K=k, DIL=dilation,
-                                PAD=dilation * (k - 1) // 2, FLIP=flip, NB=bands.shape[3],
-                                BP=bp, BC=bc, num_warps=NUM_WARPS)
+    _analysis_conv_kernel[(_cdiv(n * h * w, bp), _cdiv(c, bc))](
+        x, weight, filtered, bands, n * h * w, c, hh, ww, h, w, *strides, K=k, DIL=dilation,
+        PAD=dilation * (k - 1) // 2, FLIP=flip, NB=nb, BP=bp, BC=bc, num_warps=NUM_WARPS)
+
+
+def _down(x, level_w, dilation, flip, nb):
+    """All levels top-down from ``x`` (N, C, H, W) channels_last: level i's analysis + conv
+    (kernels ``level_w`` (L, 4, k, k, C)) reads the LL band of level i-1. Returns the packed
+    filtered bands (4 per level) and subbands (``nb`` per level, 4 or 1), flat buffers in the
+    layout of :func:`_packed`. The host cost per level is one launch (no view of a band)."""
+    n, c, hh, ww = x.shape
+    layout, total = _layout(n, c, hh, ww, level_w.shape[0])
+    filtered, kept = x.new_empty(4 * total), x.new_empty(nb * total)
+    counts = [n * h * w * c for h, w, _ in layout]
+    src, strides = x, x.stride()
+    for weight, (h, w, _), f, b in zip(level_w.unbind(0), layout,
+                                       filtered.split_with_sizes([4 * q for q in counts]),
+                                       kept.split_with_sizes([nb * q for q in counts])):
+        _launch_analysis(src, strides, n, c, hh, ww, weight, f, b, nb, dilation, flip)
+        # the LL band of (N, h, w, nb, C) as (N, C, h, w) strides: the next level's input
+        src, strides, hh, ww = b, (h * w * nb * c, 1, w * nb * c, nb * c), h, w
+    return filtered, kept
 
 
 def level_sizes(size, levels: int):
@@ -356,14 +381,26 @@ def packed_bands(x: torch.Tensor, levels: int) -> List[torch.Tensor]:
     return _packed(x, levels, 4)[1]
 
 
+@functools.lru_cache(maxsize=1024)
+def _layout(n: int, c: int, hh: int, ww: int, levels: int):
+    """((h, w, start) per level, total): the packed layout of per-level (N, h, w, B, C) blocks,
+    level after level; ``start`` and ``total`` count B-element units (level i starts at element
+    B * start). Cached: detection sizes repeat."""
+    out, start = [], 0
+    for h, w in level_sizes((hh, ww), levels):
+        out.append((h, w, start))
+        start += n * h * w * c
+    return tuple(out), start
+
+
 def _packed(x, levels, bands):
     """(flat, views): (N, h, w, ``bands``, C) views of every level in one flat buffer, level
     after level (the subbands for the weight-gradient kernel, which reads the flat buffer)."""
-    n, c = x.shape[:2]
-    sizes = level_sizes(x.shape[-2:], levels)
-    numels = [n * h * w * bands * c for h, w in sizes]
-    flat = x.new_empty(sum(numels))
-    return flat, [part.view(n, h, w, bands, c) for part, (h, w) in zip(flat.split(numels), sizes)]
+    n, c, hh, ww = x.shape
+    layout, total = _layout(n, c, hh, ww, levels)
+    flat = x.new_empty(bands * total)
+    return flat, [flat[bands * s:bands * (s + n * h * w * c)].view(n, h, w, bands, c)
+                  for h, w, s in layout]
 
 
 def haar_synthesis(bands: Sequence[torch.Tensor], base_input: torch.Tensor,
@@ -403,7 +440,8 @@ def haar_synthesis(bands: Sequence[torch.Tensor], base_input: torch.Tensor,
         raise ValueError(f'haar_synthesis: base_weight must have an odd kernel size, got {k}')
     if base_bias is not None:
         _check_weight('haar_synthesis', 'base_bias', base_bias, (c, ), f'(C={c}, )')
-    return _synthesis(bands, base_input, base_weight, base_bias, dilation, flip)
+    return _synthesis(bands[0] if bands else None, len(bands), base_input, base_weight, base_bias,
+                      dilation, flip)
 
 
 def _check_weight(fn: str, name: str, t: torch.Tensor, shape, spec: str) -> None:
@@ -414,16 +452,17 @@ def _check_weight(fn: str, name: str, t: torch.Tensor, shape, spec: str) -> None
                          f'got {t.dtype} {tuple(t.shape)}')
 
 
-def _synthesis(bands, a, weight, bias, dilation, flip):
-    """:func:`haar_synthesis` without the argument checks (the layer's own calls)."""
+def _synthesis(filtered, levels, a, weight, bias, dilation, flip):
+    """:func:`haar_synthesis` without the argument checks: ``filtered`` is the packed buffer of
+    the ``levels`` levels' filtered bands (its start; None if no level)."""
     n, c, hh, ww = a.shape
     k = weight.shape[0]
     out = torch.empty_like(a)
     bp, bc = _tiles(c, SYNTHESIS_TILE)
     grid = (_cdiv(n * hh * ww, bp), _cdiv(c, bc))
-    _synthesis_kernel[grid](bands[0] if bands else a, a, weight,
+    _synthesis_kernel[grid](a if filtered is None else filtered, a, weight,
                             weight if bias is None else bias, out, n * hh * ww, n, c, hh, ww,
-                            *a.stride(), *out.stride(), LEVELS=len(bands), K=k, DIL=dilation,
+                            *a.stride(), *out.stride(), LEVELS=levels, K=k, DIL=dilation,
                             PAD=dilation * (k - 1) // 2, FLIP=flip, HAS_BIAS=bias is not None,
                             BP=bp, BC=bc, num_warps=NUM_WARPS)
     return out
@@ -497,39 +536,42 @@ def _fold(base_w, base_b, base_s, level_ws, level_ss):
     kernels as rows (C + 4CL, k*k) with the rows' scales (C + 4CL,), base first."""
     c, k = base_w.shape[0], base_w.shape[-1]
     kk, num = k * k, len(level_ws)
-    rows = torch.cat([t.reshape(-1) for t in (base_w, *level_ws)]).view(-1, kk)
-    row_scales = torch.cat([t.reshape(-1) for t in (base_s, *level_ss)])
-    folded = torch.empty((1 + 4 * num) * kk * c, device=base_w.device, dtype=torch.float32)
-    weight = folded[:kk * c].view(k, k, c)
-    torch.mul(rows[:c].t(), row_scales[:c], out=weight.view(kk, c))
-    level_w = folded[kk * c:].view(num, 4, k, k, c)
+    # the (C, 1, k, k) and (4C, 1, k, k) kernels stack along dim 0 and the (1, C, 1, 1) and
+    # (1, 4C, 1, 1) scales along dim 1: one cat each (the host's cost is the layer's at small
+    # sizes on a GPU)
+    rows = torch.cat((base_w, *level_ws)).view(-1, kk)
+    row_scales = torch.cat((base_s, *level_ss), 1).view(-1)
+    base, levels = torch.empty((1 + 4 * num) * kk * c, device=base_w.device,
+                               dtype=torch.float32).split((kk * c, 4 * num * kk * c))
+    torch.mul(rows[:c].t(), row_scales[:c], out=base.view(kk, c))
     torch.mul(rows[c:].view(num, c, 4, kk).permute(0, 2, 3, 1),
               row_scales[c:].view(num, c, 4, 1).permute(0, 2, 3, 1),
-              out=level_w.view(num, 4, kk, c))
+              out=levels.view(num, 4, kk, c))
     bias = None if base_b is None else (base_b * row_scales[:c]).float()
-    return weight, bias, level_w, rows, row_scales
+    return base.view(k, k, c), bias, levels.view(num, 4, k, k, c), rows, row_scales
 
 
-def _unfold(total, rows, row_scales, params):
-    """Gradients of the raw parameters ``params`` (base weight, bias or None, scale, then the L
-    level weights and L level scales) from ``total``, the gradients of the folded kernels of
-    :func:`_weight_grad` (like ``rows``, then the bias): d(w*s)/dw = s and d(w*s)/ds = sum over
-    the kernel of w."""
+def _unfold(total, rows, row_scales, base_b, k, dtypes):
+    """Gradients of the raw parameters (base weight, bias or None, scale, then the L level
+    weights and the L level scales, in the shapes of :func:`haar_wtconv` and the ``dtypes``)
+    from ``total``, the gradients of the folded kernels of :func:`_weight_grad` (like ``rows``,
+    then the bias): d(w*s)/dw = s and d(w*s)/ds = sum over the kernel of w."""
     num_rows, kk = rows.shape
-    c, base_b = params[0].shape[0], params[1]
+    num = (len(dtypes) - 3) // 2
+    c = num_rows // (1 + 4 * num)
     g_rows = total[:num_rows * kk].view(num_rows, kk)
-    g_w = g_rows * row_scales[:, None]
+    g_w = g_rows * row_scales.unsqueeze(1)
     g_s = (g_rows * rows).sum(1)
     g_b = None
     if base_b is not None:
         g_bias = total[num_rows * kk:]
-        g_s[:c].add_(g_bias * base_b)
+        g_s[:c].addcmul_(g_bias, base_b)
         g_b = g_bias * row_scales[:c]
-    num = (num_rows // c - 1) // 4
-    g_ws = [g_w[:c], *g_w[c:].view(num, 4 * c, kk).unbind(0)]
-    g_ss = [g_s[:c], *g_s[c:].view(num, 4 * c).unbind(0)]
-    grads = [g_ws[0], g_b, g_ss[0], *g_ws[1:], *g_ss[1:]]
-    return [None if g is None else g.to(p.dtype).view(p.shape) for g, p in zip(grads, params)]
+    w0, wl = g_w.split((c, num_rows - c))
+    s0, sl = g_s.split((c, num_rows - c))
+    grads = [w0.view(c, 1, k, k), g_b, s0.view(1, c, 1, 1),
+             *wl.view(num, 4 * c, 1, k, k).unbind(0), *sl.view(num, 1, 4 * c, 1, 1).unbind(0)]
+    return [g if g is None or g.dtype == t else g.to(t) for g, t in zip(grads, dtypes)]
 
 
 class _HaarWTConv(torch.autograd.Function):
@@ -545,53 +587,46 @@ class _HaarWTConv(torch.autograd.Function):
         weight, bias, level_w, rows, row_scales = _fold(base_w, base_b, base_s, levels[:num],
                                                         levels[num:])
         x = x.contiguous(memory_format=torch.channels_last)
-        filtered = packed_bands(x, num)
         # the subbands: all four of every level for the weight gradients (in one packed buffer,
         # as the weight-gradient kernel reads them), else only the LL band (the next level's
         # input); the same for the band gradients in the backward
         need_w = training and any(ctx.needs_input_grad[3:])
-        kept_flat, kept = _packed(x, num, 4 if need_w else 1)
-        ll = x
-        for i in range(num):
-            _analysis(ll, level_w[i], dilation, False, filtered[i], kept[i])
-            ll = _band(kept[i], 0)
+        filtered, kept = _down(x, level_w, dilation, False, 4 if need_w else 1)
         ctx.dilation, ctx.need_w = dilation, need_w
         if training:
-            ctx.save_for_backward(x, weight, level_w, rows, row_scales,
-                                  kept_flat if need_w else None, base_w, base_b, base_s, *levels)
-        return _synthesis(filtered, x, weight, bias, dilation, False)
+            ctx.dtypes = [None if t is None else t.dtype for t in (base_w, base_b, base_s, *levels)]
+            ctx.save_for_backward(x, weight, level_w, rows, row_scales, kept if need_w else None,
+                                  base_b)
+        return _synthesis(filtered if num else None, num, x, weight, bias, dilation, False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight, level_w, rows, row_scales, kept, *params = ctx.saved_tensors
-        num, d, need_w = level_w.shape[0], ctx.dilation, ctx.need_w
+        x, weight, level_w, rows, row_scales, kept, base_b = ctx.saved_tensors
+        num, d, k = level_w.shape[0], ctx.dilation, weight.shape[0]
         # saved-tensor hooks (e.g. torch.autograd.graph.save_on_cpu) may give back copies in
         # another layout: the kernels read x as channels_last and the subbands as one buffer
         x = x.contiguous(memory_format=torch.channels_last)
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
         # top-down: gradients of the filtered bands are the subbands of the level gradient
-        dbands = packed_bands(x, num)
-        gbands_flat, gbands = _packed(x, num, 4 if need_w else 1)
-        g = grad
-        for i in range(num):
-            _analysis(g, level_w[i], d, True, dbands[i], gbands[i])
-            g = _band(gbands[i], 0)
-        grads = [None] * len(params)
-        if need_w:
-            total = _weight_grad(grad, x, gbands_flat if num else None,
-                                 kept.contiguous() if num else None, num, weight.shape[0], d,
-                                 params[1] is not None)
-            grads = _unfold(total, rows, row_scales, params)
+        dbands, gbands = _down(grad, level_w, d, True, 4 if ctx.need_w else 1)
+        grads = [None] * len(ctx.dtypes)
+        if ctx.need_w:
+            total = _weight_grad(grad, x, gbands if num else None,
+                                 kept.contiguous() if num else None, num, k, d,
+                                 base_b is not None)
+            grads = _unfold(total, rows, row_scales, base_b, k, ctx.dtypes)
         # bottom-up: the level gradients recombine through the inverse transforms, plus the base
         # conv's transposed conv (its kernel flipped)
-        gx = _synthesis(dbands, grad, weight, None, d, True) if ctx.needs_input_grad[0] else None
+        gx = (_synthesis(dbands if num else None, num, grad, weight, None, d, True)
+              if ctx.needs_input_grad[0] else None)
         return (gx, None, None, *grads)
 
 
 def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[torch.Tensor],
                 base_scale: torch.Tensor, level_weights: Sequence[torch.Tensor],
-                level_scales: Sequence[torch.Tensor], dilation: int = 1) -> torch.Tensor:
+                level_scales: Sequence[torch.Tensor], dilation: int = 1,
+                check: bool = True) -> torch.Tensor:
     """Depthwise Haar WTConv at stride 1 from the parameters of
     :class:`convzoo_mm.layers.WTConv`, scales not folded.
 
@@ -600,14 +635,34 @@ def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[
         base_weight: (C, 1, k, k), k odd.  base_bias: (C,) or None.  base_scale: (1, C, 1, 1).
         level_weights: L >= 0 tensors (4C, 1, k, k), channel c*4 + band (LL, b1, b2, b3).
         level_scales: L tensors (1, 4C, 1, 1).
+        check: check these shapes (the layer, whose parameters have them, skips it).
 
     Returns:
         (N, C, H, W) in x's dtype, channels_last.
     """
-    if len(level_weights) != len(level_scales):
-        raise ValueError(f'haar_wtconv: {len(level_weights)} level_weights but '
-                         f'{len(level_scales)} level_scales')
     params = (base_weight, base_bias, base_scale, *level_weights, *level_scales)
+    if check:
+        _check_wtconv_args(x, params, len(level_weights), len(level_scales))
     training = torch.is_grad_enabled() and (x.requires_grad or any(
         t is not None and t.requires_grad for t in params))
     return _HaarWTConv.apply(x, int(dilation), training, *params)
+
+
+def _check_wtconv_args(x, params, num_weights, num_scales):
+    """A ValueError naming the argument of :func:`haar_wtconv` whose shape is wrong."""
+    if num_weights != num_scales:
+        raise ValueError(f'haar_wtconv: {num_weights} level_weights but {num_scales} '
+                         f'level_scales')
+    if x.dim() != 4:
+        raise ValueError(f'haar_wtconv: x must be (N, C, H, W), got {tuple(x.shape)}')
+    c, k = x.shape[1], params[0].shape[-1]
+    names = ['base_weight', 'base_bias', 'base_scale'] + [
+        f'level_{kind}[{i}]' for kind in ('weights', 'scales') for i in range(num_weights)]
+    shapes = [(c, 1, k, k), (c, ), (1, c, 1, 1)] + [(4 * c, 1, k, k)] * num_weights + [
+        (1, 4 * c, 1, 1)] * num_weights
+    for name, t, shape in zip(names, params, shapes):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f'haar_wtconv: {name} must have shape {shape} for x with C={c} '
+                             f'and kernel size {k}, got {tuple(t.shape)}')
+    if k % 2 == 0:
+        raise ValueError(f'haar_wtconv: the kernel size must be odd, got {k}')
