@@ -520,15 +520,15 @@ class DRConv(LayerStateDict, nn.Module):
       sigmoid -> 1x1 conv h -> m*out*Cg, groups=m``; the last conv's weight and bias are
       stored transposed as ``gen_bank (m, h/m + 1, Cg, out)`` (row ``h/m`` = the bias), the
       layout the fast path multiplies with (no per-forward copy).
-      ``P = in*h + h + h*out*Cg + m*out*Cg`` (about ``m^2*in*out/groups``: 4.2 M at 256->256,
-      m=8).
+      ``P = in*h + h + h*out*Cg + m*out*Cg`` (about ``m^2*in*out/groups``: 4.74 M at
+      256->256, m=8; 1.31 M at m=4).
     * ``'basis'``: a bank of ``B = num_bases`` (default m) kernels, stored as
       ``bank (B, k, k, Cg, out)``, mixed per
       sample and region by a small head ``global avg pool -> 1x1 in->c (default
       max(in//16, 8)) -> ReLU -> 1x1 c->m*B -> sigmoid``:
       ``W[n, r] = sum_b coef[n, r, b] * bank_b``.
-      ``P = B*out*Cg*k^2 + in*c + c + c*m*B + m*B`` (grows as ``m``, not ``m^2``; 4.7 M at
-      256->256, m=B=8, k=3; 1.2 M with B=2).
+      ``P = B*out*Cg*k^2 + in*c + c + c*m*B + m*B`` (grows as ``m``, not ``m^2``; 4.72 M at
+      256->256, m=B=8, k=3, as much as ``'full'``; 2.36 M at m=B=4, more; 1.2 M with B=2).
 
     Both add the guide ``m*in*k^2 + m`` and the optional output bias ``out``.
 
