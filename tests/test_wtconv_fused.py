@@ -282,6 +282,8 @@ def test_haar_wtconv_function_matches_layer_and_names_bad_shapes():
             fused_ops.haar_wtconv(torch.cat([x, x], 1), *args, ws, ss)
         with pytest.raises(ValueError, match=r'base_bias must have shape \(4,\)'):
             fused_ops.haar_wtconv(x, args[0], args[1][:3], args[2], ws, ss)
+        with pytest.raises(ValueError, match=r'must be 4-D, .* got \(2, 4, 9, 7\) and \(\)'):
+            fused_ops.haar_wtconv(x, torch.tensor(1.0), None, args[2], [], [])
         even = torch.zeros(4, 1, 2, 2, device=DEVICE)
         with pytest.raises(ValueError, match='kernel size must be odd, got 2'):
             fused_ops.haar_wtconv(x, even, None, args[2], [], [])

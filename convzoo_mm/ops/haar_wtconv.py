@@ -292,11 +292,6 @@ if AVAILABLE:
                 tl.store(pb + row - C + ch, tl.sum(gsum, axis=0), mask=c_ok)
 
 
-def _band(t: torch.Tensor, band: int) -> torch.Tensor:
-    """Band ``band`` of an (N, h, w, B, C) tensor as an (N, C, h, w) channels_last view."""
-    return t.select(3, band).permute(0, 3, 1, 2)
-
-
 def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
                        keep_bands: bool = True, flip: bool = False,
                        out: Optional[torch.Tensor] = None):
@@ -313,8 +308,8 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
 
     Returns:
         ``(filtered, bands)``: (N, h, w, 4, C) conv outputs and (N, h, w, 4 or 1, C) subbands,
-        h = ceil(H/2), w = ceil(W/2), both contiguous in x's dtype (:func:`_band` views one band
-        as (N, C, h, w)).
+        h = ceil(H/2), w = ceil(W/2), both contiguous in x's dtype (``t.select(3, b).permute(0,
+        3, 1, 2)`` views band b of either as an (N, C, h, w) channels_last tensor).
     """
     n, c, hh, ww = x.shape
     k = weight.shape[1]
@@ -350,7 +345,8 @@ def _down(x, level_w, dilation, flip, nb):
     """All levels top-down from ``x`` (N, C, H, W) channels_last: level i's analysis + conv
     (kernels ``level_w`` (L, 4, k, k, C)) reads the LL band of level i-1. Returns the packed
     filtered bands (4 per level) and subbands (``nb`` per level, 4 or 1), flat buffers in the
-    layout of :func:`_packed`. The host cost per level is one launch (no view of a band)."""
+    layout of :func:`_packed`. Host cost: per level one launch; the levels' slices of the two
+    buffers come from one split each, and the next level's input is its slice plus strides."""
     n, c, hh, ww = x.shape
     layout, total = _layout(n, c, hh, ww, level_w.shape[0])
     filtered, kept = x.new_empty(4 * total), x.new_empty(nb * total)
@@ -395,7 +391,8 @@ def _layout(n: int, c: int, hh: int, ww: int, levels: int):
 
 def _packed(x, levels, bands):
     """(flat, views): (N, h, w, ``bands``, C) views of every level in one flat buffer, level
-    after level (the subbands for the weight-gradient kernel, which reads the flat buffer)."""
+    after level (the layout that :func:`_down` fills and the synthesis and weight-gradient
+    kernels read)."""
     n, c, hh, ww = x.shape
     layout, total = _layout(n, c, hh, ww, levels)
     flat = x.new_empty(bands * total)
@@ -472,7 +469,7 @@ def _weight_grad(g, x, gl, xl, levels, k, dilation, bias):
     """All weight gradients of the layer in one launch: the base conv's (output gradient ``g``,
     input ``x``, both (N, C, H, W) channels_last contiguous) and the ``levels`` level convs'
     (their (N, h, w, 4, C) output gradients and subbands, level after level in the flat
-    buffers ``gl`` / ``xl`` from :func:`_packed`, or None). Returns the summed float32 vector:
+    buffers ``gl`` / ``xl`` from :func:`_down`, or None). Returns the summed float32 vector:
     the base weight (C, k, k), the level weights (L, 4C, k, k) in the layer's channel order
     (c*4 + band), then the bias gradient (C,) when ``bias``."""
     n, c, hh, ww = x.shape
@@ -653,8 +650,9 @@ def _check_wtconv_args(x, params, num_weights, num_scales):
     if num_weights != num_scales:
         raise ValueError(f'haar_wtconv: {num_weights} level_weights but {num_scales} '
                          f'level_scales')
-    if x.dim() != 4:
-        raise ValueError(f'haar_wtconv: x must be (N, C, H, W), got {tuple(x.shape)}')
+    if x.dim() != 4 or params[0].dim() != 4:
+        raise ValueError(f'haar_wtconv: x and base_weight must be 4-D, (N, C, H, W) and (C, 1, '
+                         f'k, k), got {tuple(x.shape)} and {tuple(params[0].shape)}')
     c, k = x.shape[1], params[0].shape[-1]
     names = ['base_weight', 'base_bias', 'base_scale'] + [
         f'level_{kind}[{i}]' for kind in ('weights', 'scales') for i in range(num_weights)]
