@@ -16,12 +16,21 @@ in every checkpoint and restores it on ``--resume``, so that what the model draw
 state and a resumed process restarts from the seed. The state is stored as plain tensors and
 numbers, so checkpoints still load with ``weights_only=True``. Enable with
 ``custom_hooks = [dict(type='RandomStateHook')]`` (the demo configs do).
+
+Distributed runs: mmengine saves checkpoints on rank 0 only, so the state is rank 0's, and every
+rank restores it on resume, its CUDA part into the rank's own device. That is each rank's own
+state when all ranks draw the same random numbers, as under mmengine's default
+``randomness.diff_rank_seed=False`` (the same seed on every rank). With ``diff_rank_seed=True`` the
+ranks' streams differ and are not in the checkpoint: a multi-rank resume then keeps mmengine's
+re-seeding (each rank its own seed) and warns, rather than giving every rank rank 0's stream.
 """
 import json
+import logging
 import os
 import random
 
-from mmengine.dist import get_rank
+from mmengine.dist import get_rank, get_world_size
+from mmengine.logging import print_log
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -54,7 +63,7 @@ def get_random_state() -> dict:
                  python=dict(version=version, state=torch.tensor(py_state, dtype=torch.int64),
                              gauss=py_gauss))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+        state['cuda'] = torch.cuda.get_rng_state()     # the current device: this rank's GPU
     return state
 
 
@@ -69,7 +78,10 @@ def set_random_state(state: dict) -> None:
     py = state['python']
     random.setstate((py['version'], tuple(py['state'].tolist()), py['gauss']))
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        cuda = state['cuda']
+        if isinstance(cuda, (list, tuple)):    # checkpoints before 2026-11-23: every device's
+            cuda = cuda[0]                     # state as rank 0 saw it; rank 0 ran on device 0
+        torch.cuda.set_rng_state(cuda)         # into this rank's current device
 
 
 class RandomStateHook(Hook):
@@ -82,8 +94,15 @@ class RandomStateHook(Hook):
         checkpoint['random_state'] = get_random_state()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        if runner._resume and 'random_state' in checkpoint:    # not for load_from (fine-tuning)
-            set_random_state(checkpoint['random_state'])
+        if not runner._resume or 'random_state' not in checkpoint:  # load_from: fine-tuning
+            return
+        if get_world_size() > 1 and (getattr(runner, '_randomness_cfg', None)
+                                     or {}).get('diff_rank_seed'):
+            print_log('RandomStateHook: not restoring the random state: with diff_rank_seed=True '
+                      "each rank has its own stream and the checkpoint holds rank 0's only",
+                      logger='current', level=logging.WARNING)
+            return
+        set_random_state(checkpoint['random_state'])
 
 
 # idempotent (the module may be executed again through another import path)

@@ -407,6 +407,45 @@ def test_random_state_hook_round_trip_weights_only(tmp_path):
     assert draws() == expected
 
 
+def test_random_state_hook_cuda_and_ranks(monkeypatch):
+    """The CUDA part is the current device's generator (each rank's own GPU), restored into the
+    current device, so a resume on fewer GPUs works; older checkpoints' per-device lists give
+    device 0's. Several ranks restore rank 0's state, except with diff_rank_seed=True, where
+    the ranks' streams differ: then mmengine's per-rank re-seeding stays (torch's generator
+    stands in for all four here). CUDA is simulated (CI has no GPU)."""
+    import types
+
+    import convzoo_mm.hooks as hooks
+
+    calls = []
+    with monkeypatch.context() as m:
+        for name, fn in dict(is_available=lambda: True, is_initialized=lambda: True,
+                             get_rng_state=lambda: torch.tensor([7], dtype=torch.uint8),
+                             set_rng_state=lambda t: calls.append(('set', t.tolist())),
+                             get_rng_state_all=lambda: calls.append('get_all'),
+                             set_rng_state_all=lambda ts: calls.append('set_all')).items():
+            m.setattr(torch.cuda, name, fn)
+        state = hooks.get_random_state()
+        assert state['cuda'].tolist() == [7]
+        hooks.set_random_state(state)
+        old = dict(state, cuda=[torch.tensor([3], dtype=torch.uint8),
+                                torch.tensor([4], dtype=torch.uint8)])
+        hooks.set_random_state(old)
+    assert calls == [('set', [7]), ('set', [3])]
+
+    hook, ckpt = hooks.RandomStateHook(), {}
+    torch.manual_seed(1)
+    hook.before_save_checkpoint(None, ckpt)
+    expected = torch.rand(3).tolist()
+    monkeypatch.setattr(hooks, 'get_world_size', lambda: 2)
+    for diff, restored in ((False, True), (True, False)):
+        torch.manual_seed(5)
+        runner = types.SimpleNamespace(_resume=True, _randomness_cfg=dict(seed=0,
+                                                                           diff_rank_seed=diff))
+        hook.after_load_checkpoint(runner, ckpt)
+        assert (torch.rand(3).tolist() == expected) == restored, diff
+
+
 def resume_case(tmp_path, rel, n=4, stop=2):
     loader = dict(persistent_workers=False) if is_det(rel) else {}
     cfg = short_config(tmp_path / 'cfg.py', rel, n, randomness=dict(seed=0, deterministic=True),
