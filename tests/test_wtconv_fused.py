@@ -418,6 +418,63 @@ def test_fused_path_host_work_is_its_launches_and_few_small_ops(monkeypatch):
         assert bwd.ops == Counter(sum=2, mul=3, addcmul_=1), bwd.ops
 
 
+@pytest.mark.parametrize('keep_all,bias,levels', [(True, True, 2), (False, True, 1),
+                                                   (True, False, 0)])
+def test_custom_ops_pass_opcheck(keep_all, bias, levels):
+    """torch.library.opcheck of the two custom ops that torch.compile sees: schema, fake
+    (meta) outputs with the real ones' shapes, strides and dtypes, autograd registration, and
+    AOT dispatch with dynamic shapes."""
+    layer, _ = _pair(4, 4, 3, levels)
+    x = torch.randn(2, 4, 9, 7, device=DEVICE, requires_grad=True)
+    params = [layer.base_conv.weight, layer.base_conv.bias if bias else None,
+              layer.base_scale.weight, [m.weight for m in layer.wavelet_convs],
+              [m.weight for m in layer.wavelet_scale]]
+    torch.library.opcheck(fused_ops._forward_op, (x, *params, 1, keep_all))
+    with torch.no_grad():
+        folded, fb, _, _ = fused_ops._fold(*params)
+        out, x_cl, kept = fused_ops._forward(x, folded, fb, 3, levels, 1, 4 if keep_all else 1)
+    for need_x in (True, False):      # weight gradients need all four subbands kept
+        torch.library.opcheck(fused_ops._backward_op,
+                              (torch.randn_like(out), x_cl, folded, kept if keep_all else None,
+                               3, levels, 1, need_x, keep_all, bias))
+
+
+@pytest.mark.parametrize('backend', ['record', 'aot_eager',
+                                     pytest.param('inductor', marks=pytest.mark.slow)])
+def test_compiled_layer_runs_the_custom_ops(backend):
+    """Under torch.compile (fullgraph, dynamic shapes) the fused path is the custom op in the
+    graph, not a graph break or the PyTorch path, and its outputs and all gradients equal the
+    PyTorch path's at two sizes; a frozen copy gives the input gradient alone."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+    layer, fused = _pair(4, 4, 3, 3, seed=2)
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, backend=record if backend == 'record' else backend,
+                             fullgraph=True, dynamic=True)
+    for shape in ((2, 4, 13, 11), (1, 4, 20, 9)):
+        x = torch.randn(shape, device=DEVICE)
+        grad = torch.randn(shape, device=DEVICE)
+        want_out, want = _run(layer, x, grad)
+        got_out, got = _run(compiled, x, grad)
+        torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-5)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4 * max(1.0, float(b.abs().max())))
+        for m in (layer, fused):
+            m.zero_grad(set_to_none=True)
+    if backend == 'record':
+        # one graph per size class (dynamo specializes a batch of 1); fullgraph: no breaks
+        assert graphs and all('convzoo_mm.haar_wtconv_forward' in g for g in graphs), graphs
+    frozen = copy.deepcopy(fused).requires_grad_(False)
+    x = torch.randn(2, 4, 13, 11, device=DEVICE, requires_grad=True)
+    (gx, ) = torch.autograd.grad(torch.compile(frozen, backend='aot_eager')(x).sum(), x)
+    layer.requires_grad_(False)
+    (want, ) = torch.autograd.grad(layer(x).sum(), x)
+    torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-5)
+
+
 def test_backward_under_copying_saved_tensor_hooks():
     """Saved-tensor hooks (torch.autograd.graph.save_on_cpu, offloading wrappers) hand the
     backward copies of what the forward saved, in the default (NCHW, contiguous) layout; the

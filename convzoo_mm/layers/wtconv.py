@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, eager
+from ..ops import cpu_kernels, tracing
 from ..ops.cpu_kernels import depthwise_conv2d
 from ..registry import register
 from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
@@ -291,8 +291,10 @@ class WTConv(LayerStateDict, nn.Module):
         wt_type (str): orthogonal pywavelets wavelet name ('db1' = Haar). Default 'db1'.
         impl (str): 'auto' (default) runs the fused Triton kernels
             (:mod:`convzoo_mm.ops.haar_wtconv`) for CUDA inputs when Triton is installed, the
-            wavelet is Haar and k is odd, and the PyTorch path otherwise (float64 inputs, and
-            while exporting, tracing or compiling); 'torch' always takes the PyTorch path;
+            wavelet is Haar and k is odd (under torch.compile as two custom ops,
+            ``torch.ops.convzoo_mm.haar_wtconv_forward`` / ``_backward``), and the PyTorch path
+            otherwise (float64 inputs, and while ``jit.trace`` or ONNX export records the
+            graph); 'torch' always takes the PyTorch path;
             'triton' requires the kernels (CUDA inputs, or CPU under ``TRITON_INTERPRET=1``).
             Same outputs either way. The kernels accumulate in float32 and give first
             derivatives only (a second derivative through them raises; use 'torch').
@@ -421,7 +423,7 @@ class WTConv(LayerStateDict, nn.Module):
         # the kernels accumulate in float32 (float64 keeps the PyTorch path) and index one
         # image, and the positions of the batch (with some overshoot past the last), in 32 bits
         return (self.impl == 'auto' and x.is_cuda and self.is_haar
-                and self.kernel_size[0] % 2 == 1 and x.numel() > 0 and eager()
+                and self.kernel_size[0] % 2 == 1 and x.numel() > 0 and not tracing()
                 and x.dtype != torch.float64 and x.numel() // x.shape[0] < 2 ** 31
                 and x.numel() // x.shape[1] < 2 ** 30 and _fused_ops().AVAILABLE)
 

@@ -46,7 +46,7 @@ The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``
 check them without a GPU). Importing this module without Triton is fine: ``AVAILABLE`` is False.
 """
 import functools
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -528,9 +528,10 @@ def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: 
 
 def _fold(base_w, base_b, base_s, level_ws, level_ss):
     """The layer's parameters with the scales folded into the kernels (a scale after a depthwise
-    conv is a scale of its kernel), in the kernels' float32 layouts: the base kernel (k, k, C),
-    its bias (C,) or None and the level kernels (L, 4, k, k, C); and, for the backward, the raw
-    kernels as rows (C + 4CL, k*k) with the rows' scales (C + 4CL,), base first."""
+    conv is a scale of its kernel), in the kernels' float32 layouts: one flat buffer of the base
+    kernel (k, k, C) and the level kernels (L, 4, k, k, C) (:func:`_folded_views`), the base
+    bias (C,) or None; and, for the backward, the raw kernels as rows (C + 4CL, k*k) with the
+    rows' scales (C + 4CL,), base first."""
     c, k = base_w.shape[0], base_w.shape[-1]
     kk, num = k * k, len(level_ws)
     # the (C, 1, k, k) and (4C, 1, k, k) kernels stack along dim 0 and the (1, C, 1, 1) and
@@ -538,14 +539,21 @@ def _fold(base_w, base_b, base_s, level_ws, level_ss):
     # sizes on a GPU)
     rows = torch.cat((base_w, *level_ws)).view(-1, kk)
     row_scales = torch.cat((base_s, *level_ss), 1).view(-1)
-    base, levels = torch.empty((1 + 4 * num) * kk * c, device=base_w.device,
-                               dtype=torch.float32).split((kk * c, 4 * num * kk * c))
-    torch.mul(rows[:c].t(), row_scales[:c], out=base.view(kk, c))
+    folded = torch.empty((1 + 4 * num) * kk * c, device=base_w.device, dtype=torch.float32)
+    weight, level_w = _folded_views(folded, c, k, num)
+    torch.mul(rows[:c].t(), row_scales[:c], out=weight.view(kk, c))
     torch.mul(rows[c:].view(num, c, 4, kk).permute(0, 2, 3, 1),
               row_scales[c:].view(num, c, 4, 1).permute(0, 2, 3, 1),
-              out=levels.view(num, 4, kk, c))
+              out=level_w.view(num, 4, kk, c))
     bias = None if base_b is None else (base_b * row_scales[:c]).float()
-    return base.view(k, k, c), bias, levels.view(num, 4, k, k, c), rows, row_scales
+    return folded, bias, rows, row_scales
+
+
+def _folded_views(folded, c, k, num):
+    """The base kernel (k, k, C) and the level kernels (L, 4, k, k, C) in the flat float32
+    buffer of :func:`_fold`."""
+    weight, level_w = folded.split((k * k * c, 4 * num * k * k * c))
+    return weight.view(k, k, c), level_w.view(num, 4, k, k, c)
 
 
 def _unfold(total, rows, row_scales, base_b, k, dtypes):
@@ -571,6 +579,35 @@ def _unfold(total, rows, row_scales, base_b, k, dtypes):
     return [g if g is None or g.dtype == t else g.to(t) for g, t in zip(grads, dtypes)]
 
 
+def _forward(x, folded, bias, k, num, dilation, nb):
+    """The layer's forward on the folded kernels (:func:`_fold`): (output, ``x`` as
+    channels_last, the packed subbands with ``nb`` bands per level)."""
+    weight, level_w = _folded_views(folded, x.shape[1], k, num)
+    x = x.contiguous(memory_format=torch.channels_last)
+    filtered, kept = _down(x, level_w, dilation, False, nb)
+    return _synthesis(filtered if num else None, num, x, weight, bias, dilation, False), x, kept
+
+
+def _backward(grad, x, folded, kept, k, num, dilation, need_x, need_w, bias):
+    """(input gradient or None, the summed weight gradients of :func:`_weight_grad` or None)."""
+    weight, level_w = _folded_views(folded, x.shape[1], k, num)
+    # saved-tensor hooks (e.g. torch.autograd.graph.save_on_cpu) may give back copies in
+    # another layout: the kernels read x as channels_last and the subbands as one buffer
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
+    # top-down: gradients of the filtered bands are the subbands of the level gradient
+    dbands, gbands = _down(grad, level_w, dilation, True, 4 if need_w else 1)
+    total = None
+    if need_w:
+        total = _weight_grad(grad, x, gbands if num else None, kept.contiguous() if num else None,
+                             num, k, dilation, bias)
+    # bottom-up: the level gradients recombine through the inverse transforms, plus the base
+    # conv's transposed conv (its kernel flipped)
+    gx = _synthesis(dbands if num else None, num, grad, weight, None, dilation, True) if need_x \
+        else None
+    return gx, total
+
+
 class _HaarWTConv(torch.autograd.Function):
     """Depthwise Haar WTConv at stride 1: ``base_conv(x) + sum of levels``, see module doc. Takes
     the layer's parameters as they are and folds the scales itself, so autograd sees one node
@@ -581,43 +618,101 @@ class _HaarWTConv(torch.autograd.Function):
         # x: (N, C, H, W); base_w: (C, 1, k, k); base_b: (C,) or None; base_s: (1, C, 1, 1);
         # levels: L weights (4C, 1, k, k) then L scales (1, 4C, 1, 1)
         num = len(levels) // 2
-        weight, bias, level_w, rows, row_scales = _fold(base_w, base_b, base_s, levels[:num],
-                                                        levels[num:])
-        x = x.contiguous(memory_format=torch.channels_last)
+        folded, bias, rows, row_scales = _fold(base_w, base_b, base_s, levels[:num], levels[num:])
         # the subbands: all four of every level for the weight gradients (in one packed buffer,
         # as the weight-gradient kernel reads them), else only the LL band (the next level's
         # input); the same for the band gradients in the backward
         need_w = training and any(ctx.needs_input_grad[3:])
-        filtered, kept = _down(x, level_w, dilation, False, 4 if need_w else 1)
-        ctx.dilation, ctx.need_w = dilation, need_w
+        k = base_w.shape[-1]
+        out, x, kept = _forward(x, folded, bias, k, num, dilation, 4 if need_w else 1)
+        ctx.dilation, ctx.need_w, ctx.k, ctx.num = dilation, need_w, k, num
         if training:
             ctx.dtypes = [None if t is None else t.dtype for t in (base_w, base_b, base_s, *levels)]
-            ctx.save_for_backward(x, weight, level_w, rows, row_scales, kept if need_w else None,
-                                  base_b)
-        return _synthesis(filtered if num else None, num, x, weight, bias, dilation, False)
+            ctx.save_for_backward(x, folded, rows, row_scales, kept if need_w else None, base_b)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight, level_w, rows, row_scales, kept, base_b = ctx.saved_tensors
-        num, d, k = level_w.shape[0], ctx.dilation, weight.shape[0]
-        # saved-tensor hooks (e.g. torch.autograd.graph.save_on_cpu) may give back copies in
-        # another layout: the kernels read x as channels_last and the subbands as one buffer
-        x = x.contiguous(memory_format=torch.channels_last)
-        grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        # top-down: gradients of the filtered bands are the subbands of the level gradient
-        dbands, gbands = _down(grad, level_w, d, True, 4 if ctx.need_w else 1)
-        grads = [None] * len(ctx.dtypes)
-        if ctx.need_w:
-            total = _weight_grad(grad, x, gbands if num else None,
-                                 kept.contiguous() if num else None, num, k, d,
-                                 base_b is not None)
-            grads = _unfold(total, rows, row_scales, base_b, k, ctx.dtypes)
-        # bottom-up: the level gradients recombine through the inverse transforms, plus the base
-        # conv's transposed conv (its kernel flipped)
-        gx = (_synthesis(dbands if num else None, num, grad, weight, None, d, True)
-              if ctx.needs_input_grad[0] else None)
+        x, folded, rows, row_scales, kept, base_b = ctx.saved_tensors
+        gx, total = _backward(grad, x, folded, kept, ctx.k, ctx.num, ctx.dilation,
+                              ctx.needs_input_grad[0], ctx.need_w, base_b is not None)
+        grads = ([None] * len(ctx.dtypes) if total is None else
+                 _unfold(total, rows, row_scales, base_b, ctx.k, ctx.dtypes))
         return (gx, None, None, *grads)
+
+
+# Under torch.compile the same computation runs as two opaque custom ops: dynamo would otherwise
+# trace into the autograd.Function and the Triton launcher. In the compiled graph each op is one
+# call (a mode='reduce-overhead' CUDA graph replays its launches without the host work), and the
+# weight gradients' unfold around them is plain tensor code the compiler may fuse.
+@torch.library.custom_op('convzoo_mm::haar_wtconv_forward', mutates_args=())
+def _forward_op(x: torch.Tensor, base_w: torch.Tensor, base_b: Optional[torch.Tensor],
+                base_s: torch.Tensor, level_ws: List[torch.Tensor], level_ss: List[torch.Tensor],
+                dilation: int, keep_all: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                        torch.Tensor, torch.Tensor]:
+    """(output, packed subbands (all four bands if ``keep_all``, else the LL ones), the folded
+    kernels, the raw kernels as rows and their scales): the forward of :class:`_HaarWTConv`."""
+    folded, bias, rows, row_scales = _fold(base_w, base_b, base_s, level_ws, level_ss)
+    out, _, kept = _forward(x, folded, bias, base_w.shape[-1], len(level_ws), dilation,
+                            4 if keep_all else 1)
+    return out, kept, folded, rows, row_scales
+
+
+@_forward_op.register_fake
+def _(x, base_w, base_b, base_s, level_ws, level_ss, dilation, keep_all):
+    n, c, hh, ww = x.shape
+    num, kk = len(level_ws), base_w.shape[-1] * base_w.shape[-1]
+    total = sum(n * h * w * c for h, w in level_sizes((hh, ww), num))
+    rows = c * (1 + 4 * num)
+    return (torch.empty_like(x, memory_format=torch.channels_last),
+            x.new_empty(((4 if keep_all else 1) * total, )),
+            x.new_empty((rows * kk, ), dtype=torch.float32),
+            base_w.new_empty((rows, kk)), base_s.new_empty((rows, )))
+
+
+@torch.library.custom_op('convzoo_mm::haar_wtconv_backward', mutates_args=())
+def _backward_op(grad: torch.Tensor, x: torch.Tensor, folded: torch.Tensor,
+                 kept: Optional[torch.Tensor], k: int, num: int, dilation: int, need_x: bool,
+                 need_w: bool, bias: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(input gradient, summed weight gradients), each an empty tensor where not needed: the
+    backward of :class:`_HaarWTConv` before the unfold (``kept``: all four subbands, needed
+    for the weight gradients only)."""
+    gx, total = _backward(grad, x, folded, kept, k, num, dilation, need_x, need_w, bias)
+    return (x.new_empty(0) if gx is None else gx,
+            x.new_empty(0, dtype=torch.float32) if total is None else total)
+
+
+@_backward_op.register_fake
+def _(grad, x, folded, kept, k, num, dilation, need_x, need_w, bias):
+    c = x.shape[1]
+    return (torch.empty_like(grad, dtype=x.dtype, memory_format=torch.channels_last) if need_x
+            else x.new_empty(0),
+            x.new_empty((c * (1 + 4 * num) * k * k + (c if bias else 0) if need_w else 0, ),
+                        dtype=torch.float32))
+
+
+def _op_setup_context(ctx, inputs, output):
+    x, base_w, base_b, base_s, level_ws, level_ss, dilation, keep_all = inputs
+    _, kept, folded, rows, row_scales = output
+    ctx.save_for_backward(x, kept if keep_all else None, folded, rows, row_scales, base_b)
+    ctx.k, ctx.num, ctx.dilation, ctx.keep_all = base_w.shape[-1], len(level_ws), dilation, \
+        keep_all
+    ctx.dtypes = [None if t is None else t.dtype for t in (base_w, base_b, base_s, *level_ws,
+                                                           *level_ss)]
+
+
+def _op_backward(ctx, grad, *_):
+    x, kept, folded, rows, row_scales, base_b = ctx.saved_tensors
+    need_x, num = ctx.needs_input_grad[0], ctx.num
+    gx, total = _backward_op(grad, x, folded, kept, ctx.k, num, ctx.dilation, need_x,
+                             ctx.keep_all, base_b is not None)
+    grads = (_unfold(total, rows, row_scales, base_b, ctx.k, ctx.dtypes) if ctx.keep_all
+             else [None] * len(ctx.dtypes))
+    return (gx if need_x else None, *grads[:3], grads[3:3 + num], grads[3 + num:], None, None)
+
+
+_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
 def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[torch.Tensor],
@@ -642,6 +737,10 @@ def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[
         _check_wtconv_args(x, params, len(level_weights), len(level_scales))
     training = torch.is_grad_enabled() and (x.requires_grad or any(
         t is not None and t.requires_grad for t in params))
+    if torch.compiler.is_compiling():   # torch.compile / torch.export: the custom op
+        keep_all = training and any(t is not None and t.requires_grad for t in params)
+        return _forward_op(x, base_weight, base_bias, base_scale, list(level_weights),
+                           list(level_scales), int(dilation), keep_all)[0]
     return _HaarWTConv.apply(x, int(dilation), training, *params)
 
 
