@@ -112,18 +112,24 @@ def profile_step(fn: Callable[[], Any], steps: int = 3, device: str = 'cpu',
 
 def backbone_steps(backbone: torch.nn.Module, images: torch.Tensor,
                    optim: Optional[torch.optim.Optimizer] = None,
-                   autocast: Optional[torch.dtype] = None) -> Dict[str, Callable[[], Any]]:
+                   autocast: Optional[torch.dtype] = None,
+                   compile: Optional[Dict[str, Any]] = None) -> Dict[str, Callable[[], Any]]:
     """``{'train': fn, 'infer': fn}`` timing only ``backbone`` on ``images``: train = forward,
     backward of the sum of its outputs' means, optimizer step (SGD by default); infer = forward
-    under no_grad. ``autocast``: run the forwards under ``torch.autocast`` with that dtype."""
+    under no_grad. ``autocast``: run the forwards under ``torch.autocast`` with that dtype.
+    ``compile``: run the forwards through ``torch.compile(backbone, **compile)`` (e.g.
+    ``dict(mode='reduce-overhead')``; the first calls compile, so warm up)."""
     if optim is None:
         optim = torch.optim.SGD(backbone.parameters(), lr=1e-6, momentum=0.9)
+    forward = backbone if compile is None else torch.compile(backbone, **compile)
 
     def train():
         backbone.train()
         optim.zero_grad(set_to_none=True)
+        if compile is not None:     # CUDA graphs (reduce-overhead): a new iteration begins
+            torch.compiler.cudagraph_mark_step_begin()
         with amp_context(images.device.type, autocast):
-            outs = backbone(images)
+            outs = forward(images)
         outs = outs if isinstance(outs, (tuple, list)) else [outs]
         loss = sum(o.float().mean() for o in outs)
         loss.backward()
@@ -132,8 +138,10 @@ def backbone_steps(backbone: torch.nn.Module, images: torch.Tensor,
 
     def infer():
         backbone.eval()
+        if compile is not None:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad(), amp_context(images.device.type, autocast):
-            return backbone(images)
+            return forward(images)
 
     return dict(train=train, infer=infer)
 

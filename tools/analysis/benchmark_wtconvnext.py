@@ -14,6 +14,7 @@ examples:
   python tools/analysis/benchmark_wtconvnext.py --device cuda --shape 64 3 224 224
   python tools/analysis/benchmark_wtconvnext.py --device cuda --shape 2 3 800 1216 --autocast bf16
   python tools/analysis/benchmark_wtconvnext.py --device cuda --autocast bf16 --profile 5
+  python tools/analysis/benchmark_wtconvnext.py --device cuda --autocast bf16 --compile reduce-overhead
   python tools/analysis/benchmark_wtconvnext.py --shape 1 3 128 128 --repeats 2     # CPU smoke run
 """
 import argparse
@@ -39,6 +40,11 @@ def main(argv=None):
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
     parser.add_argument('--profile', type=int, default=0, metavar='STEPS',
                         help='also profile STEPS train steps of each model (default 0: off)')
+    parser.add_argument('--compile', choices=['default', 'reduce-overhead', 'max-autotune'],
+                        help='run both backbones through torch.compile with this mode '
+                        "(reduce-overhead: CUDA graphs; WTConv's Triton path is a custom op)")
+    parser.add_argument('--compile-backend', default='inductor',
+                        help="torch.compile backend with --compile (default 'inductor')")
     parser.add_argument('--out-dir', default='work_dirs/benchmark_wtconvnext')
     args = parser.parse_args(argv)
     if args.profile < 0:
@@ -58,10 +64,12 @@ def main(argv=None):
     dtype = AUTOCAST_DTYPES.get(args.autocast)
     torch.manual_seed(0)
     images = torch.randn(args.shape, device=args.device)
+    compile_cfg = None if args.compile is None else dict(mode=args.compile,
+                                                         backend=args.compile_backend)
     names = {'ConvNeXt': 'plain', 'WTConvNeXt': 'wtconv'}
     steps = {f'{name}-{args.arch}': backbone_steps(
         WTConvNeXt(arch=args.arch, conv_type=ct, in_channels=args.shape[1]).to(args.device),
-        images, autocast=dtype) for name, ct in names.items()}
+        images, autocast=dtype, compile=compile_cfg) for name, ct in names.items()}
     baseline = f'ConvNeXt-{args.arch}'
     rows = compare_steps(steps, baseline, args.repeats, args.warmup, args.device,
                          measure_memory=not args.no_memory, log=lambda s: print(s, file=sys.stderr))
@@ -70,8 +78,11 @@ def main(argv=None):
     info = machine_info(args.device)
     if dtype is not None:
         info['autocast'] = args.autocast
+    if compile_cfg is not None:
+        info['compile'] = f'{args.compile} ({args.compile_backend})'
     md = model_table(rows, info, args.shape[2:], args.shape[0], args.repeats)
-    md += (f'\nautocast: {args.autocast or "none (fp32)"}; images/s: '
+    md += (f'\nautocast: {args.autocast or "none (fp32)"}; compile: {args.compile or "no"}; '
+           f'images/s: '
            + ', '.join(f'{r["model"]} {r["kind"]} {r["images_per_s"]:.1f}' for r in rows) + '\n')
     os.makedirs(args.out_dir, exist_ok=True)
     profiles = {}
