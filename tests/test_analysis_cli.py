@@ -92,23 +92,30 @@ def test_wtconvnext_benchmark_cli_tiny(tmp_path):
 
 def test_backbone_steps_compiled_equal_eager():
     """``backbone_steps(compile=...)`` runs the forwards through torch.compile (the backend is
-    called) and its train step and inference give what the eager ones give."""
+    called, with WTConv's Triton path as its custom op in the graph: Triton's interpreter here)
+    and its train step and inference give what the eager ones give."""
     import copy
 
     from convzoo_mm.analysis.model_bench import backbone_steps
     from convzoo_mm.backbones import WTConvNeXt
+    from convzoo_mm.layers import WTConv
+    from convzoo_mm.ops import haar_wtconv
     graphs = []
 
     def record(gm, example_inputs):
-        graphs.append(gm)
+        graphs.append(str(gm.graph))
         return gm.forward
     torch.manual_seed(0)
     net = WTConvNeXt(arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 16, 16]), wt_levels=[2] * 4)
+    if haar_wtconv.AVAILABLE:
+        for m in net.modules():
+            if isinstance(m, WTConv):
+                m.impl = 'triton'
     images = torch.randn(2, 3, 64, 64)
     eager = backbone_steps(copy.deepcopy(net), images)
     compiled = backbone_steps(copy.deepcopy(net), images, compile=dict(backend=record))
     assert compiled['train']() == pytest.approx(eager['train'](), rel=1e-5)
-    assert graphs
+    assert graphs and all('haar_wtconv_forward' in g for g in graphs) == haar_wtconv.AVAILABLE
     for a, b in zip(compiled['infer'](), eager['infer']()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 

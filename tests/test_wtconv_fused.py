@@ -439,6 +439,37 @@ def test_custom_ops_pass_opcheck(keep_all, bias, levels):
                                3, levels, 1, need_x, keep_all, bias))
 
 
+@pytest.mark.parametrize('shape,make', [
+    ((2, 1, 9, 7), None),                                    # C = 1: NCHW is channels_last too
+    ((4, 3, 1, 1), None),                                    # 1x1
+    ((1, 3, 12, 10), lambda t: t[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]),
+])
+def test_custom_op_fake_strides_equal_real_ones(shape, make):
+    """Where size-1 dims make a layout ambiguous, the fake (meta) outputs of both custom ops have
+    exactly the real outputs' strides (opcheck ignores strides of size-1 dims; a following op
+    compiled by inductor does not)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    c = shape[1]
+    layer, _ = _pair(c, c, 3, 2)
+    x = torch.randn(shape, device=DEVICE)
+    x = (make(x) if make else x).requires_grad_()
+    params = [layer.base_conv.weight, layer.base_conv.bias, layer.base_scale.weight,
+              [m.weight for m in layer.wavelet_convs], [m.weight for m in layer.wavelet_scale]]
+    real = fused_ops._forward_op(x, *params, 1, True)
+    grad = torch.randn_like(real[0])
+    real_b = fused_ops._backward_op(grad, x, real[2], real[1], 3, 2, 1, True, True, True)
+    mode = FakeTensorMode()
+    fake_args = [mode.from_tensor(t) for t in (x, *params[:3])] + [
+        [mode.from_tensor(t) for t in ts] for ts in params[3:]]
+    with mode:
+        fake = torch.ops.convzoo_mm.haar_wtconv_forward(*fake_args, 1, True)
+        fake_b = torch.ops.convzoo_mm.haar_wtconv_backward(
+            mode.from_tensor(grad), fake_args[0], mode.from_tensor(real[2]),
+            mode.from_tensor(real[1]), 3, 2, 1, True, True, True)
+    for r, f in zip((*real, *real_b), (*fake, *fake_b)):
+        assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)
+
+
 @pytest.mark.parametrize('backend', ['record', 'aot_eager',
                                      pytest.param('inductor', marks=pytest.mark.slow)])
 def test_compiled_layer_runs_the_custom_ops(backend):

@@ -454,7 +454,9 @@ def _synthesis(filtered, levels, a, weight, bias, dilation, flip):
     the ``levels`` levels' filtered bands (its start; None if no level)."""
     n, c, hh, ww = a.shape
     k = weight.shape[0]
-    out = torch.empty_like(a)
+    # canonical channels_last strides, also where a's size-1 dims make its own ambiguous (the
+    # custom ops' fake outputs promise these to torch.compile)
+    out = torch.empty_like(a, memory_format=torch.channels_last)
     bp, bc = _tiles(c, SYNTHESIS_TILE)
     grid = (_cdiv(n * hh * ww, bp), _cdiv(c, bc))
     _synthesis_kernel[grid](a if filtered is None else filtered, a, weight,
