@@ -506,6 +506,27 @@ def test_compiled_layer_runs_the_custom_ops(backend):
     torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-5)
 
 
+def test_fused_path_steps_aside_for_portable_graphs():
+    """jit.trace (ONNX export, FLOP counters) and torch.export record graphs for use outside
+    this process: there the fast-path switch is on and WTConv takes the PyTorch path, while
+    torch.compile (same process) keeps the custom ops."""
+    from convzoo_mm.ops import tracing
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            return x + float(tracing())
+    x = torch.zeros(2)
+    assert Probe()(x).tolist() == [0, 0]
+    assert torch.jit.trace(Probe(), x)(x).tolist() == [1, 1]
+    assert torch.export.export(Probe(), (x, )).module()(x).tolist() == [1, 1]
+    assert torch.compile(Probe(), backend='eager', fullgraph=True)(x).tolist() == [0, 0]
+    if CUDA:
+        _, fused = _pair(4, 4, 3, 2)
+        fused.impl = 'auto'
+        graph = str(torch.export.export(fused, (torch.randn(1, 4, 8, 8, device=DEVICE), )).graph)
+        assert 'convzoo_mm' not in graph and 'conv2d' in graph
+
+
 def test_backward_under_copying_saved_tensor_hooks():
     """Saved-tensor hooks (torch.autograd.graph.save_on_cpu, offloading wrappers) hand the
     backward copies of what the forward saved, in the default (NCHW, contiguous) layout; the

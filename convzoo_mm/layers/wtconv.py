@@ -293,8 +293,8 @@ class WTConv(LayerStateDict, nn.Module):
             (:mod:`convzoo_mm.ops.haar_wtconv`) for CUDA inputs when Triton is installed, the
             wavelet is Haar and k is odd (under torch.compile as two custom ops,
             ``torch.ops.convzoo_mm.haar_wtconv_forward`` / ``_backward``), and the PyTorch path
-            otherwise (float64 inputs, and while ``jit.trace`` or ONNX export records the
-            graph); 'torch' always takes the PyTorch path;
+            otherwise (float64 inputs, and while ``jit.trace``, ONNX export or
+            ``torch.export`` records a graph); 'torch' always takes the PyTorch path;
             'triton' requires the kernels (CUDA inputs, or CPU under ``TRITON_INTERPRET=1``).
             Same outputs either way. The kernels accumulate in float32 and give first
             derivatives only (a second derivative through them raises; use 'torch').

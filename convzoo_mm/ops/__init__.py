@@ -4,9 +4,11 @@ import torch
 
 
 def tracing() -> bool:
-    """Whether ``torch.jit.trace`` records the tensor ops (ONNX export, FLOP analysers): a fast
-    path made of anything else can't be recorded."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    """Whether a graph of tensor ops is being recorded for use outside this Python process:
+    ``torch.jit.trace`` (ONNX export, FLOP analysers) or ``torch.export``. A fast path made of
+    anything else (custom kernels, Python custom ops) can't be, or isn't portable."""
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_exporting())
 
 
 def eager() -> bool:
