@@ -431,8 +431,8 @@ def test_custom_ops_pass_opcheck(keep_all, bias, levels):
               [m.weight for m in layer.wavelet_scale]]
     torch.library.opcheck(fused_ops._forward_op, (x, *params, 1, keep_all))
     with torch.no_grad():
-        folded, fb, _, _ = fused_ops._fold(*params)
-        out, x_cl, kept = fused_ops._forward(x, folded, fb, 3, levels, 1, 4 if keep_all else 1)
+        weight, level_w, folded, fb, _, _ = fused_ops._fold(*params)
+        out, x_cl, kept = fused_ops._forward(x, weight, level_w, fb, 1, 4 if keep_all else 1)
     for need_x in (True, False):      # weight gradients need all four subbands kept
         torch.library.opcheck(fused_ops._backward_op,
                               (torch.randn_like(out), x_cl, folded, kept if keep_all else None,

@@ -316,17 +316,10 @@ def haar_analysis_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1,
     _check_weight('haar_analysis_conv', 'weight', weight, (4, k, k, c), f'(4, k, k, C={c})')
     h, w = (hh + 1) // 2, (ww + 1) // 2
     filtered = x.new_empty((n, h, w, 4, c)) if out is None else out
-    bands = x.new_empty((n, h, w, 4 if keep_bands else 1, c))
-    _analysis(x, weight, dilation, flip, filtered, bands)
+    nb = 4 if keep_bands else 1
+    bands = x.new_empty((n, h, w, nb, c))
+    _launch_analysis(x, x.stride(), n, c, hh, ww, weight, filtered, bands, nb, dilation, flip)
     return filtered, bands
-
-
-def _analysis(x, weight, dilation, flip, filtered, bands):
-    """:func:`haar_analysis_conv` into given (N, h, w, 4, C) and (N, h, w, 4 or 1, C) outputs,
-    without the argument checks."""
-    n, c, hh, ww = x.shape
-    _launch_analysis(x, x.stride(), n, c, hh, ww, weight, filtered, bands, bands.shape[3],
-                     dilation, flip)
 
 
 def _launch_analysis(x, strides, n, c, hh, ww, weight, filtered, bands, nb, dilation, flip):
@@ -350,11 +343,10 @@ def _down(x, level_w, dilation, flip, nb):
     n, c, hh, ww = x.shape
     layout, total = _layout(n, c, hh, ww, level_w.shape[0])
     filtered, kept = x.new_empty(4 * total), x.new_empty(nb * total)
-    counts = [n * h * w * c for h, w, _ in layout]
     src, strides = x, x.stride()
     for weight, (h, w, _), f, b in zip(level_w.unbind(0), layout,
-                                       filtered.split_with_sizes([4 * q for q in counts]),
-                                       kept.split_with_sizes([nb * q for q in counts])):
+                                       filtered.split_with_sizes([4 * q for *_, q in layout]),
+                                       kept.split_with_sizes([nb * q for *_, q in layout])):
         _launch_analysis(src, strides, n, c, hh, ww, weight, f, b, nb, dilation, flip)
         # the LL band of (N, h, w, nb, C) as (N, C, h, w) strides: the next level's input
         src, strides, hh, ww = b, (h * w * nb * c, 1, w * nb * c, nb * c), h, w
@@ -377,16 +369,15 @@ def packed_bands(x: torch.Tensor, levels: int) -> List[torch.Tensor]:
     return _packed(x, levels, 4)[1]
 
 
-@functools.lru_cache(maxsize=1024)
-def _layout(n: int, c: int, hh: int, ww: int, levels: int):
-    """((h, w, start) per level, total): the packed layout of per-level (N, h, w, B, C) blocks,
-    level after level; ``start`` and ``total`` count B-element units (level i starts at element
-    B * start). Cached: detection sizes repeat."""
-    out, start = [], 0
-    for h, w in level_sizes((hh, ww), levels):
-        out.append((h, w, start))
-        start += n * h * w * c
-    return tuple(out), start
+def _level_blocks(n, c, hh, ww, levels):
+    """((h, w, count) per level, total): the packed layout of per-level (N, h, w, B, C) blocks,
+    level after level; ``count`` = N*h*w*C and ``total`` count B-element units. Plain
+    arithmetic, so the custom op's fake impl can call it on symbolic sizes."""
+    blocks = tuple((h, w, n * h * w * c) for h, w in level_sizes((hh, ww), levels))
+    return blocks, sum(q for *_, q in blocks)
+
+
+_layout = functools.lru_cache(maxsize=1024)(_level_blocks)   # detection sizes repeat
 
 
 def _packed(x, levels, bands):
@@ -396,8 +387,8 @@ def _packed(x, levels, bands):
     n, c, hh, ww = x.shape
     layout, total = _layout(n, c, hh, ww, levels)
     flat = x.new_empty(bands * total)
-    return flat, [flat[bands * s:bands * (s + n * h * w * c)].view(n, h, w, bands, c)
-                  for h, w, s in layout]
+    return flat, [part.view(n, h, w, bands, c) for part, (h, w, _) in
+                  zip(flat.split_with_sizes([bands * q for *_, q in layout]), layout)]
 
 
 def haar_synthesis(bands: Sequence[torch.Tensor], base_input: torch.Tensor,
@@ -530,10 +521,10 @@ def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: 
 
 def _fold(base_w, base_b, base_s, level_ws, level_ss):
     """The layer's parameters with the scales folded into the kernels (a scale after a depthwise
-    conv is a scale of its kernel), in the kernels' float32 layouts: one flat buffer of the base
-    kernel (k, k, C) and the level kernels (L, 4, k, k, C) (:func:`_folded_views`), the base
-    bias (C,) or None; and, for the backward, the raw kernels as rows (C + 4CL, k*k) with the
-    rows' scales (C + 4CL,), base first."""
+    conv is a scale of its kernel), in the kernels' float32 layouts: the base kernel (k, k, C)
+    and the level kernels (L, 4, k, k, C), views of one flat buffer (:func:`_folded_views`),
+    also returned; the base bias (C,) or None; and, for the backward, the raw kernels as rows
+    (C + 4CL, k*k) with the rows' scales (C + 4CL,), base first."""
     c, k = base_w.shape[0], base_w.shape[-1]
     kk, num = k * k, len(level_ws)
     # the (C, 1, k, k) and (4C, 1, k, k) kernels stack along dim 0 and the (1, C, 1, 1) and
@@ -548,7 +539,7 @@ def _fold(base_w, base_b, base_s, level_ws, level_ss):
               row_scales[c:].view(num, c, 4, 1).permute(0, 2, 3, 1),
               out=level_w.view(num, 4, kk, c))
     bias = None if base_b is None else (base_b * row_scales[:c]).float()
-    return folded, bias, rows, row_scales
+    return weight, level_w, folded, bias, rows, row_scales
 
 
 def _folded_views(folded, c, k, num):
@@ -581,18 +572,24 @@ def _unfold(total, rows, row_scales, base_b, k, dtypes):
     return [g if g is None or g.dtype == t else g.to(t) for g, t in zip(grads, dtypes)]
 
 
-def _forward(x, folded, bias, k, num, dilation, nb):
+def _dtypes(params):
+    """The parameters' dtypes (None for a missing bias): :func:`_unfold` returns each
+    gradient in its parameter's dtype."""
+    return [None if t is None else t.dtype for t in params]
+
+
+def _forward(x, weight, level_w, bias, dilation, nb):
     """The layer's forward on the folded kernels (:func:`_fold`): (output, ``x`` as
     channels_last, the packed subbands with ``nb`` bands per level)."""
-    weight, level_w = _folded_views(folded, x.shape[1], k, num)
+    num = level_w.shape[0]
     x = x.contiguous(memory_format=torch.channels_last)
     filtered, kept = _down(x, level_w, dilation, False, nb)
     return _synthesis(filtered if num else None, num, x, weight, bias, dilation, False), x, kept
 
 
-def _backward(grad, x, folded, kept, k, num, dilation, need_x, need_w, bias):
+def _backward(grad, x, weight, level_w, kept, dilation, need_x, need_w, bias):
     """(input gradient or None, the summed weight gradients of :func:`_weight_grad` or None)."""
-    weight, level_w = _folded_views(folded, x.shape[1], k, num)
+    k, num = weight.shape[0], level_w.shape[0]
     # saved-tensor hooks (e.g. torch.autograd.graph.save_on_cpu) may give back copies in
     # another layout: the kernels read x as channels_last and the subbands as one buffer
     x = x.contiguous(memory_format=torch.channels_last)
@@ -620,27 +617,28 @@ class _HaarWTConv(torch.autograd.Function):
         # x: (N, C, H, W); base_w: (C, 1, k, k); base_b: (C,) or None; base_s: (1, C, 1, 1);
         # levels: L weights (4C, 1, k, k) then L scales (1, 4C, 1, 1)
         num = len(levels) // 2
-        folded, bias, rows, row_scales = _fold(base_w, base_b, base_s, levels[:num], levels[num:])
+        weight, level_w, _, bias, rows, row_scales = _fold(base_w, base_b, base_s, levels[:num],
+                                                           levels[num:])
         # the subbands: all four of every level for the weight gradients (in one packed buffer,
         # as the weight-gradient kernel reads them), else only the LL band (the next level's
         # input); the same for the band gradients in the backward
         need_w = training and any(ctx.needs_input_grad[3:])
-        k = base_w.shape[-1]
-        out, x, kept = _forward(x, folded, bias, k, num, dilation, 4 if need_w else 1)
-        ctx.dilation, ctx.need_w, ctx.k, ctx.num = dilation, need_w, k, num
+        out, x, kept = _forward(x, weight, level_w, bias, dilation, 4 if need_w else 1)
+        ctx.dilation, ctx.need_w = dilation, need_w
         if training:
-            ctx.dtypes = [None if t is None else t.dtype for t in (base_w, base_b, base_s, *levels)]
-            ctx.save_for_backward(x, folded, rows, row_scales, kept if need_w else None, base_b)
+            ctx.dtypes = _dtypes((base_w, base_b, base_s, *levels))
+            ctx.save_for_backward(x, weight, level_w, rows, row_scales, kept if need_w else None,
+                                  base_b)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, folded, rows, row_scales, kept, base_b = ctx.saved_tensors
-        gx, total = _backward(grad, x, folded, kept, ctx.k, ctx.num, ctx.dilation,
+        x, weight, level_w, rows, row_scales, kept, base_b = ctx.saved_tensors
+        gx, total = _backward(grad, x, weight, level_w, kept, ctx.dilation,
                               ctx.needs_input_grad[0], ctx.need_w, base_b is not None)
         grads = ([None] * len(ctx.dtypes) if total is None else
-                 _unfold(total, rows, row_scales, base_b, ctx.k, ctx.dtypes))
+                 _unfold(total, rows, row_scales, base_b, weight.shape[0], ctx.dtypes))
         return (gx, None, None, *grads)
 
 
@@ -655,9 +653,9 @@ def _forward_op(x: torch.Tensor, base_w: torch.Tensor, base_b: Optional[torch.Te
                                                         torch.Tensor, torch.Tensor]:
     """(output, packed subbands (all four bands if ``keep_all``, else the LL ones), the folded
     kernels, the raw kernels as rows and their scales): the forward of :class:`_HaarWTConv`."""
-    folded, bias, rows, row_scales = _fold(base_w, base_b, base_s, level_ws, level_ss)
-    out, _, kept = _forward(x, folded, bias, base_w.shape[-1], len(level_ws), dilation,
-                            4 if keep_all else 1)
+    weight, level_w, folded, bias, rows, row_scales = _fold(base_w, base_b, base_s, level_ws,
+                                                            level_ss)
+    out, _, kept = _forward(x, weight, level_w, bias, dilation, 4 if keep_all else 1)
     return out, kept, folded, rows, row_scales
 
 
@@ -665,7 +663,7 @@ def _forward_op(x: torch.Tensor, base_w: torch.Tensor, base_b: Optional[torch.Te
 def _(x, base_w, base_b, base_s, level_ws, level_ss, dilation, keep_all):
     n, c, hh, ww = x.shape
     num, kk = len(level_ws), base_w.shape[-1] * base_w.shape[-1]
-    total = sum(n * h * w * c for h, w in level_sizes((hh, ww), num))
+    total = _level_blocks(n, c, hh, ww, num)[1]
     rows = c * (1 + 4 * num)
     return (torch.empty_like(x, memory_format=torch.channels_last),
             x.new_empty(((4 if keep_all else 1) * total, )),
@@ -680,7 +678,8 @@ def _backward_op(grad: torch.Tensor, x: torch.Tensor, folded: torch.Tensor,
     """(input gradient, summed weight gradients), each an empty tensor where not needed: the
     backward of :class:`_HaarWTConv` before the unfold (``kept``: all four subbands, needed
     for the weight gradients only)."""
-    gx, total = _backward(grad, x, folded, kept, k, num, dilation, need_x, need_w, bias)
+    weight, level_w = _folded_views(folded, x.shape[1], k, num)
+    gx, total = _backward(grad, x, weight, level_w, kept, dilation, need_x, need_w, bias)
     return (x.new_empty(0) if gx is None else gx,
             x.new_empty(0, dtype=torch.float32) if total is None else total)
 
@@ -700,8 +699,7 @@ def _op_setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, kept if keep_all else None, folded, rows, row_scales, base_b)
     ctx.k, ctx.num, ctx.dilation, ctx.keep_all = base_w.shape[-1], len(level_ws), dilation, \
         keep_all
-    ctx.dtypes = [None if t is None else t.dtype for t in (base_w, base_b, base_s, *level_ws,
-                                                           *level_ss)]
+    ctx.dtypes = _dtypes((base_w, base_b, base_s, *level_ws, *level_ss))
 
 
 def _op_backward(ctx, grad, *_):
@@ -737,12 +735,12 @@ def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[
     params = (base_weight, base_bias, base_scale, *level_weights, *level_scales)
     if check:
         _check_wtconv_args(x, params, len(level_weights), len(level_scales))
-    training = torch.is_grad_enabled() and (x.requires_grad or any(
-        t is not None and t.requires_grad for t in params))
-    if torch.compiler.is_compiling():   # torch.compile / torch.export: the custom op
-        keep_all = training and any(t is not None and t.requires_grad for t in params)
+    grad_enabled = torch.is_grad_enabled()
+    params_grad = grad_enabled and any(t is not None and t.requires_grad for t in params)
+    training = params_grad or (grad_enabled and x.requires_grad)
+    if torch.compiler.is_compiling():   # torch.compile (and export of a direct call): the op
         return _forward_op(x, base_weight, base_bias, base_scale, list(level_weights),
-                           list(level_scales), int(dilation), keep_all)[0]
+                           list(level_scales), int(dilation), params_grad)[0]
     return _HaarWTConv.apply(x, int(dilation), training, *params)
 
 
