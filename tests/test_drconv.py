@@ -461,16 +461,36 @@ def test_demo_config_trains_through_mm_tools(tmp_path):
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
 
 
-def test_traced_export_path_is_static_and_exact():
-    """Under tracing (ONNX export, FlopAnalyzer) the layer runs the static naive form: the traced
-    graph must give the eager output on a *new* input of the same shape (a traced data-dependent
-    region loop would replay the first input's regions)."""
+@pytest.mark.parametrize('gen', GENS)
+@pytest.mark.parametrize('case', CASES[:4])
+def test_forward_naive_equals_the_oracle(gen, case):
+    """The plain-tensor-op form (export, the benchmark's naive reference): all filters at
+    once (:meth:`DRConv.filters`, batched) and the all-m surrogate, value and every gradient."""
+    in_c, out_c, k, s, p, d, g, m, h, w = case
+    layer = make(in_c, out_c, k, s, p, d, g, m, gen)
+    x = torch.randn(3, in_c, h, w, dtype=torch.double, requires_grad=True)
+    torch.testing.assert_close(layer.filters(x), oracle_filters(layer, x), rtol=1e-12,
+                               atol=1e-12)
+    out, ref = layer.forward_naive(x), oracle(layer, x)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(out)
+    params = [x, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_traced_export_path_is_exact_at_any_batch_and_size():
+    """Under tracing (ONNX export, FlopAnalyzer) the layer runs the naive form as plain tensor
+    ops: the traced graph must give the eager output on a *new* input (a traced data-dependent
+    region loop would replay the first input's regions), also of another batch and size (the
+    eager naive form folds the batch into a conv's groups, a constant of a graph)."""
     torch.manual_seed(0)
     layer = DRConv(4, 6, 3, 2, 1, 1, 2, num_regions=3).eval()
-    x1, x2 = torch.randn(2, 4, 9, 10), torch.randn(2, 4, 9, 10)
+    x1 = torch.randn(2, 4, 9, 10)
     with torch.no_grad():
         traced = torch.jit.trace(layer, (x1, ), check_trace=False)
-        torch.testing.assert_close(traced(x2), layer(x2), rtol=1e-5, atol=1e-5)
+        for x in (torch.randn(2, 4, 9, 10), torch.randn(3, 4, 12, 7)):
+            torch.testing.assert_close(traced(x), layer(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('dcn,error,word', [

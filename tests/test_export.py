@@ -4,9 +4,9 @@ One idea, one helper: :func:`export_and_run` exports a module with torch's Torch
 exporter (``dynamo=False``: still in torch 2.13 and needs no onnxscript; ``onnx`` is used here
 only to read the graph's ops) and runs the graph in onnxruntime on *fresh* random inputs (never
 the export example), so a graph that constant-folded its output, or baked in the example's data,
-fails the comparison with PyTorch (atol 1e-4 on outputs of scale ~1). The batch axis is exported
-as dynamic and run with another batch size, except for DRConv (its export path folds the batch
-into the groups of one conv, so its graphs have a static batch).
+fails the comparison with PyTorch (atol 1e-4 on outputs of scale ~1). Batch, height and width
+are exported as symbolic and run at other values (odd and even sizes), as mmdeploy's dynamic
+shapes need.
 """
 import io
 import itertools
@@ -31,12 +31,18 @@ Bottleneck = mmdet_backbones.resnet.Bottleneck
 ATOL = 1e-4
 
 
-def export_and_run(module, inputs, runs=2, dynamic_batch=True, seed=1):
-    """Export ``module`` (eval mode) with the example ``inputs`` (a tuple of tensors), run the
-    ONNX graph in onnxruntime on ``runs`` fresh random inputs of the example's shape (with
-    ``dynamic_batch``, the batch axis is exported as dynamic and the runs use one sample more
-    than the example), and check every output against PyTorch's on the same input within
-    ``ATOL``.
+def _dynamic_axes(names):
+    return {name: {0: 'batch', 2: 'height', 3: 'width'} for name in names}
+
+
+def export_and_run(module, inputs, sizes=None, seed=1):
+    """Export ``module`` (eval mode) with the example ``inputs`` (a tuple of 4-D tensors),
+    batch, height and width as symbolic axes of every input and output, and run the ONNX graph
+    in onnxruntime on fresh random inputs: twice at the example's size with one sample more,
+    then at each entry of ``sizes`` (per run, the inputs' shapes; default: one sample more and
+    the height and width grown by (1, 2), then (2, 1), so both parities of each axis run).
+    Every output is checked against PyTorch's on the same input within ``ATOL``; a graph that
+    fixed a size or baked in the example's data fails.
 
     Returns ``(graph, ort_outputs)``: the ``onnx.ModelProto`` and, per run, the list of ORT
     outputs (as tensors), so callers can check the ops in the graph."""
@@ -48,16 +54,17 @@ def export_and_run(module, inputs, runs=2, dynamic_batch=True, seed=1):
     out_names = [f'y{i}' for i in range(n_out)]
     buf = io.BytesIO()
     torch.onnx.export(module, tuple(inputs), buf, input_names=in_names, output_names=out_names,
-                      dynamic_axes={name: {0: 'batch'} for name in in_names + out_names}
-                      if dynamic_batch else None,
-                      dynamo=False)
+                      dynamic_axes=_dynamic_axes(in_names + out_names), dynamo=False)
     graph = onnx.load_from_string(buf.getvalue())
     sess = ort.InferenceSession(buf.getvalue(), providers=['CPUExecutionProvider'])
+    if sizes is None:
+        sizes = [[(n + 1, c, h + dh, w + dw) for n, c, h, w in (x.shape for x in inputs)]
+                 for dh, dw in ((1, 2), (2, 1))]
+    same = [(x.shape[0] + 1, *x.shape[1:]) for x in inputs]
     g = torch.Generator().manual_seed(seed)
     results = []
-    for _ in range(runs):
-        xs = [torch.randn((x.shape[0] + dynamic_batch, *x.shape[1:]), generator=g, dtype=x.dtype)
-              for x in inputs]
+    for shapes in [same, same, *sizes]:
+        xs = [torch.randn(shape, generator=g, dtype=x.dtype) for shape, x in zip(shapes, inputs)]
         with torch.no_grad():
             ref = module(*xs)
         ref = [ref] if torch.is_tensor(ref) else list(ref)
@@ -67,9 +74,8 @@ def export_and_run(module, inputs, runs=2, dynamic_batch=True, seed=1):
         for a, b in zip(got, ref):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
         results.append(got)
-    if runs > 1:  # the graph computes from its input: other inputs, other outputs
-        for a, b in zip(results[0], results[-1]):
-            assert not torch.allclose(a, b)
+    for a, b in zip(results[0], results[1]):  # the graph computes from its input
+        assert not torch.allclose(a, b)
     return graph, results
 
 
@@ -138,11 +144,10 @@ def test_wtconv_longer_wavelet(wt_type, levels):
     ('full', 1, 1, (9, 10)), ('full', 2, 2, (9, 10)), ('full', 1, 1, (12, 9)),
     ('basis', 2, 1, (11, 10))])
 def test_drconv(generator, stride, groups, size):
-    """Sizes that the kernel (3) does not divide exercise the generator's pooling.
-    Batch is static: the export path folds the batch into the groups of one conv."""
+    """Sizes that the kernel (3) does not divide exercise the generator's pooling."""
     torch.manual_seed(0)
     layer = DRConv(4, 6, 3, stride, 1, 1, groups, num_regions=3, generator=generator)
-    graph, _ = export_and_run(layer, (torch.randn(2, 4, *size),), dynamic_batch=False)
+    graph, _ = export_and_run(layer, (torch.randn(2, 4, *size),))
     assert {'ArgMax', 'Softmax', 'Conv'} <= set(op_types(graph))
 
 
@@ -162,8 +167,9 @@ def test_octconv_split_pair():
     """Split mode: (high, low) in, (high, low) out."""
     torch.manual_seed(0)
     layer = OctaveConv(8, 8, 3, 1, alpha_in=0.5, alpha_out=0.5, split=True)
-    graph, (run, _) = export_and_run(_TupleIn(layer),
-                                     (torch.randn(2, 4, 13, 15), torch.randn(2, 4, 7, 8)))
+    graph, (run, *_) = export_and_run(
+        _TupleIn(layer), (torch.randn(2, 4, 13, 15), torch.randn(2, 4, 7, 8)),
+        sizes=[[(1, 4, 14, 16), (1, 4, 7, 8)], [(3, 4, 12, 17), (3, 4, 6, 9)]])
     assert [tuple(y.shape) for y in run] == [(3, 4, 13, 15), (3, 4, 7, 8)]
     assert {'AveragePool', 'Resize'} <= set(op_types(graph))
 
@@ -186,7 +192,7 @@ def test_wtconvnext_backbone():
     torch.manual_seed(0)
     model = _perturb(WTConvNeXt(dict(depths=(1, 1, 1, 1), channels=(8, 16, 16, 16)),
                                 wt_levels=(3, 2, 1, 1), layer_scale_init_value=1.0))
-    graph, (run, _) = export_and_run(model, (torch.randn(1, 3, 61, 75),))
+    graph, (run, *_) = export_and_run(model, (torch.randn(1, 3, 61, 75),))
     assert [y.shape[1] for y in run] == [8, 16, 16, 16]
     assert _count(graph, 'Conv') == 4 + 4 + sum((3, 2, 1, 1))  # stem/downsamples, base, levels
 
@@ -200,7 +206,7 @@ def test_oct_resnet_backbone(depth):
     torch.manual_seed(0)
     model = _perturb(_OctResNet14(depth=depth, alpha=0.5, stem_channels=WIDTH[depth],
                                   base_channels=WIDTH[depth]))
-    graph, (run, _) = export_and_run(model, (torch.randn(1, 3, 61, 75),))
+    graph, (run, *_) = export_and_run(model, (torch.randn(1, 3, 61, 75),))
     assert len(run) == 4
     assert _count(graph, 'AveragePool') > 0 and _count(graph, 'Resize') > 0
 
@@ -216,7 +222,6 @@ def test_mmdet_resnet_dcn_slot(dcn, depth):
     model = _perturb(_ResNet14(depth=depth, stem_channels=WIDTH[depth],
                                base_channels=WIDTH[depth], out_indices=(1, 2, 3), dcn=dcn,
                                stage_with_dcn=(False, True, True, False)))
-    graph, (run, _) = export_and_run(model, (torch.randn(1, 3, 64, 64),),
-                                     dynamic_batch=dcn['type'] != 'DRConv')
+    graph, (run, *_) = export_and_run(model, (torch.randn(1, 3, 64, 64),))
     assert len(run) == 3
     assert _count(graph, 'ArgMax' if dcn['type'] == 'DRConv' else 'Transpose') > 0

@@ -39,8 +39,9 @@ filter of one (sample, region) is rebuilt on the fly and its gradient is contrac
 ``dL/dcoef`` and ``dL/dbank`` at once. Temporary memory is O(one sample's im2col), or a chunk's
 within a fixed budget, instead of O(N * m * out * in * k^2) (151 MB at N=8, m=8, 256->256, k=3).
 
-When exported (ONNX tracing) the layer runs :func:`drconv_naive` (static shapes, same output) and
-the generator's pooling as :func:`adaptive_avg_pool_matmul` (any input size).
+While a graph is recorded for use elsewhere (``jit.trace``, ONNX, ``torch.export``) the layer runs
+:meth:`DRConv.forward_naive` (:func:`drconv_naive` as im2col and a batched matmul: same output,
+symbolic batch and size) and the generator's pooling as :func:`adaptive_avg_pool_matmul`.
 """
 import math
 from typing import Optional, Tuple
@@ -49,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels
+from ..ops import cpu_kernels, tracing
 from ..registry import register
 from .checks import (check_choice, check_divides, check_input, check_int, check_square,
                      known_options)
@@ -70,16 +71,17 @@ def conv_output_size(size: int, kernel_size: int, stride: int, padding: int,
 
 def materialize_filters(coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
                         out_channels: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Transposed filter of one (sample, region) from the generator factors.
+    """Transposed filter of one (sample, region) from the generator factors, or of all of
+    them (leading dimensions ``*D`` of ``coef``, e.g. ``(N, m)``, broadcast against ``bank``'s).
 
     Layout ``(k*k*Cg, out)`` with rows ordered (tap, input channel) (``Cg = in/groups``): the
     matrix that multiplies the im2col rows of :func:`im2col_t`.
 
     Args:
-        coef (Tensor): ``(B, k*k)`` if ``tapwise`` else ``(B, )``: this sample's and region's
-            coefficients.
-        bank (Tensor): ``(B, Cg*out)`` (this region's bank) if ``tapwise`` else
-            ``(B, k*k*Cg*out)`` (shared by all regions).
+        coef (Tensor): ``(*D, B, k*k)`` if ``tapwise`` else ``(*D, B)``: the coefficients of a
+            sample and region.
+        bank (Tensor): ``(B, Cg*out)`` (this region's bank; ``(m, B, Cg*out)`` with
+            ``D = (N, m)``) if ``tapwise`` else ``(B, k*k*Cg*out)`` (shared by all regions).
         tapwise (bool): ``True`` for the paper's generator (one coefficient per basis and tap,
             a bank per region), ``False`` for the basis generator (one per basis).
         out_channels (int): out.
@@ -87,11 +89,11 @@ def materialize_filters(coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
             across calls: a fresh multi-MB result costs more in page faults than the matmul).
 
     Returns:
-        Tensor: ``(k*k*Cg, out)``.
+        Tensor: ``(*D, k*k*Cg, out)``.
     """
-    a = coef.t() if tapwise else coef[None]
+    a = coef.transpose(-1, -2) if tapwise else coef.unsqueeze(-2)
     if out is None:
-        return (a @ bank).view(-1, out_channels)
+        return (a @ bank).view(*a.shape[:-2], -1, out_channels)
     torch.mm(a, bank, out=out.view(a.shape[0], -1))
     return out
 
@@ -466,8 +468,10 @@ def drconv_naive(x: torch.Tensor, mask: torch.Tensor, filters: torch.Tensor, str
                  padding: int = 0, dilation: int = 1, groups: int = 1) -> torch.Tensor:
     """All-m-regions form: every region's conv at every position, then the mask-weighted sum.
 
-    Static shapes (used for ONNX export and as the benchmark's naive reference); m times the
-    FLOPs and activation memory of one convolution.
+    Plain tensor ops (used for ONNX export and as the benchmark's naive reference); m times the
+    FLOPs and activation memory of one convolution. Eager: one grouped conv over the batch.
+    While a graph is recorded: im2col (``F.unfold``) and a batched matmul, so the graph's
+    batch and size stay symbolic (the grouped conv's group count would fix the batch).
 
     Args:
         x (Tensor): ``(N, C, H, W)``.
@@ -480,11 +484,17 @@ def drconv_naive(x: torch.Tensor, mask: torch.Tensor, filters: torch.Tensor, str
     n, c, h, w = x.shape
     _, m, o, cg, k, _ = filters.shape
     og = o // groups
-    # one grouped conv over the batch: group (n, g) holds the m*og filters of sample n, group g
-    weight = filters.view(n, m, groups, og, cg, k, k).transpose(1, 2).reshape(-1, cg, k, k)
-    y = F.conv2d(x.reshape(1, n * c, h, w), weight, None, stride, padding, dilation,
-                 groups=n * groups)
-    y = y.view(n, groups, m, og, *y.shape[-2:])
+    # group (n, g) holds the m*og filters of sample n, group g
+    weight = filters.reshape(n, m, groups, og, cg * k * k).transpose(1, 2)
+    if tracing():
+        # (shapes are traced values here; the kernel size is a constant of the layer)
+        cols = F.unfold(x, int(k), dilation, padding, stride).view(n, groups, cg * k * k, -1)
+        y = (weight.reshape(n, groups, m * og, -1) @ cols).view(n, groups, m, og,
+                                                                *mask.shape[-2:])
+    else:
+        y = F.conv2d(x.reshape(1, n * c, h, w), weight.reshape(-1, cg, k, k), None, stride,
+                     padding, dilation, groups=n * groups)
+        y = y.view(n, groups, m, og, *y.shape[-2:])
     return (y * mask[:, None, :, None]).sum(2).reshape(n, o, *y.shape[-2:])
 
 
@@ -681,8 +691,7 @@ class DRConv(LayerStateDict, nn.Module):
         the parameter, no copy)."""
         n, m, k = x.shape[0], self.num_regions, self.kernel_size[0]
         if self.generator == 'full':
-            exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
-            pooled = adaptive_avg_pool_matmul(x, k) if exporting else self.gen_pool(x)
+            pooled = adaptive_avg_pool_matmul(x, k) if tracing() else self.gen_pool(x)
             t = torch.sigmoid(self.gen_hidden(pooled))  # (N, h, k, k)
             coef = t.view(n, m, self.gen_channels // m, k * k)
             coef = torch.cat([coef, coef.new_ones(n, m, 1, k * k)], 2)  # the bias as a basis
@@ -694,12 +703,20 @@ class DRConv(LayerStateDict, nn.Module):
     def filters(self, x: torch.Tensor) -> torch.Tensor:
         """All generated filters ``(N, m, out, in/groups, k, k)`` (for tests and export)."""
         coef, bank = self.factors(x)
-        tapwise = self.generator == 'full'
         n, m, o, k = x.shape[0], self.num_regions, self.out_channels, self.kernel_size[0]
-        flat = torch.stack([
-            torch.stack([materialize_filters(coef[i, r], bank[r] if tapwise else bank, tapwise, o)
-                         for r in range(m)]) for i in range(n)])  # (N, m, k*k*Cg, out)
+        flat = materialize_filters(coef, bank, self.generator == 'full', o)  # (N, m, kkCg, out)
         return flat.view(n, m, k, k, -1, o).permute(0, 1, 5, 4, 2, 3)
+
+    def forward_naive(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward as plain tensor ops (:func:`drconv_naive`, all ``m`` convolutions):
+        what export records, and the benchmark's naive reference. Same output and gradient
+        as :meth:`forward`."""
+        guide = self.guide(x)
+        soft = guide.softmax(1)
+        mask = F.one_hot(guide.argmax(1), self.num_regions).permute(0, 3, 1, 2).to(x.dtype)
+        out = drconv_naive(x, mask + soft - soft.detach(), self.filters(x), self.stride[0],
+                           self.padding[0], self.dilation[0], self.groups)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1).to(out.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in, H, W) -> (N, out, Ho, Wo)."""
@@ -709,22 +726,19 @@ class DRConv(LayerStateDict, nn.Module):
             raise ValueError(
                 f'DRConv: input size {tuple(x.shape[-2:])} is too small for kernel_size='
                 f'{self.kernel_size[0]}, padding={self.padding[0]}, dilation={self.dilation[0]}')
+        if tracing():  # a graph for use elsewhere: plain tensor ops, symbolic shapes
+            return self.forward_naive(x)
         k, s, p, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
         guide = self.guide(x)
         soft = guide.softmax(1)
-        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
-            mask = F.one_hot(guide.argmax(1), self.num_regions).permute(0, 3, 1, 2).to(x.dtype)
-            out = drconv_naive(x, mask + soft - soft.detach(), self.filters(x), s, p, d,
-                               self.groups)
-        else:
-            coef, bank = self.factors(x)
-            dtype = x.dtype
-            if torch.is_autocast_enabled(x.device.type):  # one dtype through the Function
-                dtype = torch.get_autocast_dtype(x.device.type)
-            with torch.autocast(x.device.type, enabled=False):
-                out = region_conv(x.to(dtype), soft.to(dtype), guide.argmax(1), coef.to(dtype),
-                                  bank.to(dtype), k, self.out_channels, s, p, d, self.groups,
-                                  tapwise=self.generator == 'full')
+        coef, bank = self.factors(x)
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):  # one dtype through the Function
+            dtype = torch.get_autocast_dtype(x.device.type)
+        with torch.autocast(x.device.type, enabled=False):
+            out = region_conv(x.to(dtype), soft.to(dtype), guide.argmax(1), coef.to(dtype),
+                              bank.to(dtype), k, self.out_channels, s, p, d, self.groups,
+                              tapwise=self.generator == 'full')
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
         return out

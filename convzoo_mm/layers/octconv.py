@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, eager
+from ..ops import cpu_kernels, eager, tracing
 from ..registry import register
 from .checks import (check_choice, check_float, check_input, check_int, check_same_padding,
                      check_square, known_options)
@@ -161,8 +161,9 @@ def _eager_grad(*tensors) -> bool:
 def octave_pool(x: torch.Tensor) -> torch.Tensor:
     """2x2 average pooling, stride 2, ``ceil_mode=True`` (``H -> ceil(H / 2)``; a partial
     border window averages the pixels it covers): ``F.avg_pool2d(x, 2, 2, ceil_mode=True,
-    count_include_pad=False)``. Even sizes take a faster path (strided views)."""
-    if x.dim() != 4 or not _is_even(x):
+    count_include_pad=False)``. Even sizes take a faster path (strided views), except while
+    a graph is recorded: there the size is symbolic and the one form serves every size."""
+    if x.dim() != 4 or not _is_even(x) or tracing():
         return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
     if _eager_grad(x):
         return _PoolEven.apply(x)
@@ -172,7 +173,7 @@ def octave_pool(x: torch.Tensor) -> torch.Tensor:
 def octave_upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Nearest x2 upsampling cropped to ``size`` (the inverse layout of :func:`octave_pool`)."""
     y = F.interpolate(x, scale_factor=2.0, mode='nearest')
-    if y.shape[-2] != size[0] or y.shape[-1] != size[1]:
+    if y.shape[-2] != size[0] or y.shape[-1] != size[1] or tracing():  # (symbolic size)
         y = y[..., :size[0], :size[1]]
     return y
 

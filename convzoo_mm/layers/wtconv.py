@@ -229,8 +229,10 @@ def _fused_ops():
 
 
 def _pad_even(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad an odd height/width by one row/column at the bottom/right. While a graph is
+    recorded the pad is always recorded (of ``size % 2``), so the graph serves both parities."""
     h, w = x.shape[-2:]
-    if h % 2 or w % 2:
+    if h % 2 or w % 2 or tracing():
         x = F.pad(x, (0, w % 2, 0, h % 2))
     return x
 
