@@ -12,7 +12,7 @@ from tests.utils import run_tool
 
 TOOLS = ['get_flops.py', 'benchmark_layers.py', 'benchmark_model.py', 'erf.py',
          'visualize_layers.py', 'summarize.py', 'benchmark_wtconvnext.py',
-         'benchmark_configs.py']
+         'benchmark_configs.py', 'host_probe.py']
 
 
 @pytest.mark.parametrize('tool', TOOLS)
@@ -88,6 +88,32 @@ def test_wtconvnext_benchmark_cli_tiny(tmp_path):
         r['median'] for r in rows if r['model'] == 'ConvNeXt-tiny' and r['kind'] == 'train'))
     with pytest.raises(AssertionError, match="arch"):
         run_tool('analysis/benchmark_wtconvnext.py', '--arch', 'huge', '--out-dir', str(tmp_path))
+
+
+def test_host_probe_cli_counts_the_designs_launches(tmp_path):
+    """One layer and both backbones with the Triton launches stubbed: every WTConv of
+    WTConvNeXt-T makes 2L + 3 launches per fwd+bwd (L analysis + synthesis forward; L analysis,
+    weight gradient, synthesis backward), ConvNeXt none; the tables are the JSON's numbers.
+    --launch without a GPU is a usage error."""
+    import json
+    pytest.importorskip('triton')
+    from convzoo_mm.backbones import WTConvNeXt
+    from convzoo_mm.layers import WTConv
+    proc = run_tool('analysis/host_probe.py', '--levels', '3', '--rounds', '1', '--repeats', '1',
+                    '--models', '--out-dir', str(tmp_path), env=dict(OMP_NUM_THREADS='1'))
+    saved = json.load(open(tmp_path / 'host_probe.json'))
+    layer, models = saved['layer'], saved['models']
+    assert layer['launches']['fwd+bwd'] == dict(analysis_conv=6, synthesis=2, weight_grad=1)
+    wt = [m for m in WTConvNeXt('tiny').modules() if isinstance(m, WTConv)]
+    assert models['WTConvNeXt-tiny']['launches'] == sum(2 * m.wt_levels + 3 for m in wt) > 0
+    assert models['ConvNeXt-tiny']['launches'] == 0
+    for name, r in models.items():
+        assert f"| {name} | {r['calls']} | {r['kernel_ops']} | {r['launches']} |" in proc.stdout
+    t = layer['host_us']['fwd+bwd']
+    assert f"| fwd+bwd | {layer['calls']['fwd+bwd']} |" in proc.stdout
+    assert f"| {t['min']:.0f} [{t['median']:.0f}] |" in proc.stdout
+    with pytest.raises(AssertionError, match='--launch .* needs --device cuda'):
+        run_tool('analysis/host_probe.py', '--launch', '--out-dir', str(tmp_path))
 
 
 def test_backbone_steps_compiled_equal_eager():

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from convzoo_mm.analysis.host_probe import DispatchCounter, counted_launches, layer_host_cost
 from convzoo_mm.layers import WTConv
 from convzoo_mm.ops import haar_wtconv as fused_ops
 
@@ -335,87 +336,41 @@ def test_synthesis_without_levels_is_the_base_conv(flip):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_path_runs_only_its_own_kernels(monkeypatch):
+def test_fused_path_runs_only_its_own_kernels():
     """The fused path's design, checked by counting: a training forward is L analysis launches
     and one synthesis (the base conv is inside it), the backward L more analysis launches, one
     weight-gradient launch (base and all levels) and one synthesis; neither calls a PyTorch
     convolution (cuDNN's depthwise weight gradient was the slow part of the backward, and each
     cuDNN call costs host time when the layer is bound by kernel launches)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    launches = []
-    for name in ('_analysis_conv_kernel', '_synthesis_kernel', '_weight_grad_kernel'):
-        kernel = getattr(fused_ops, name)
-
-        class Counted:
-            def __init__(self, kernel, name):
-                self.kernel, self.name = kernel, name
-
-            def __getitem__(self, grid):
-                launches.append(self.name)
-                return self.kernel[grid]
-        monkeypatch.setattr(fused_ops, name, Counted(kernel, name[1:-7]))
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
     levels = 3
     _, fused = _pair(4, 4, 5, levels)
     x = torch.randn(2, 4, 19, 14, device=DEVICE, requires_grad=True)
-    with Ops() as ops:
+    with counted_launches(run=True) as launches, DispatchCounter() as ops:
         out = fused(x)
         forward = list(launches)
         out.sum().backward()
     assert forward == ['analysis_conv'] * levels + ['synthesis']
     backward = launches[len(forward):]
     assert backward == ['analysis_conv'] * levels + ['weight_grad', 'synthesis']
-    assert not any('conv' in op for op in ops.seen), sorted(ops.seen)
+    assert not any('conv' in op for op in ops.kernel_ops), sorted(ops.kernel_ops)
 
 
-def test_fused_path_host_work_is_its_launches_and_few_small_ops(monkeypatch):
+def test_fused_path_host_work_is_its_launches_and_few_small_ops():
     """Where the layer is bound by the host (small sizes on a GPU), each PyTorch op costs about
-    as much as a kernel launch. With the launches stubbed out, a training fwd+bwd with the base
-    bias runs these kernel-running PyTorch ops and no others (views and allocations aside):
-    the scale fold (two cats, three multiplies) forward, the weight-gradient sum and unfold
-    backward; whatever the number of levels."""
-    from collections import Counter
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Stub:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: None
-    for name in ('_analysis_conv_kernel', '_synthesis_kernel', '_weight_grad_kernel'):
-        monkeypatch.setattr(fused_ops, name, Stub())
-    free = {'view', 'slice', 'select', 'permute', 't', 'unsqueeze', 'split_with_sizes', 'unbind',
-            'empty', 'new_empty', 'empty_like', 'detach', 'alias'}
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ not in free:
-                self.ops[func.overloadpacket.__name__] += 1
-            return func(*args, **(kwargs or {}))
-
+    as much as a kernel launch. With the launches stubbed out (the host probe of
+    tools/analysis/host_probe.py), a forward runs these kernel-running PyTorch ops and no
+    others (views and allocations aside): the scale fold (two cats, three multiplies); a
+    training fwd+bwd with the base bias adds the weight-gradient sum and unfold; whatever the
+    number of levels. The launches are the design's (2L + 3 per fwd+bwd)."""
     for levels in (1, 5):
-        _, fused = _pair(8, 8, 5, levels)
-        x = torch.randn(2, 8, 40, 36, device=DEVICE).contiguous(
-            memory_format=torch.channels_last).requires_grad_()     # as ConvNeXt blocks give it
-        with Ops() as fwd:
-            out = fused(x)
-        grad = torch.ones_like(out)
-        with Ops() as bwd:
-            torch.autograd.grad(out, [x, *fused.parameters()], grad)
-        assert fwd.ops == Counter(cat=2, mul=3), fwd.ops
-        assert bwd.ops == Counter(sum=2, mul=3, addcmul_=1), bwd.ops
+        res = layer_host_cost(8, (40, 36), levels, batch=2, device=DEVICE, rounds=1,
+                              repeats=1)
+        assert res['kernel_ops'] == {'forward': dict(cat=2, mul=3),
+                                     'fwd+bwd': dict(addcmul_=1, cat=2, mul=6, sum=2)}, res
+        assert res['launches'] == {
+            'forward': dict(analysis_conv=levels, synthesis=1),
+            'fwd+bwd': dict(analysis_conv=2 * levels, synthesis=2, weight_grad=1)}, res
+        assert res['calls']['fwd+bwd'] > res['calls']['forward'] > 5
 
 
 @pytest.mark.parametrize('keep_all,bias,levels', [(True, True, 2), (False, True, 1),
