@@ -119,7 +119,9 @@ def test_host_probe_cli_counts_the_designs_launches(tmp_path):
 def test_backbone_steps_compiled_equal_eager():
     """``backbone_steps(compile=...)`` runs the forwards through torch.compile (the backend is
     called, with WTConv's Triton path as its custom op in the graph: Triton's interpreter here)
-    and its train step and inference give what the eager ones give."""
+    and its train step (loss and every parameter gradient, all of them nonzero: the loss is
+    not the outputs' means, which a stage's final LayerNorm makes 0) and inference give what
+    the eager ones give."""
     import copy
 
     from convzoo_mm.analysis.model_bench import backbone_steps
@@ -132,15 +134,20 @@ def test_backbone_steps_compiled_equal_eager():
         graphs.append(str(gm.graph))
         return gm.forward
     torch.manual_seed(0)
-    net = WTConvNeXt(arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 16, 16]), wt_levels=[2] * 4)
+    net = WTConvNeXt(arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 16, 16]), wt_levels=[2] * 4,
+                     layer_scale_init_value=1.0)  # every block matters (default 1e-6)
     if haar_wtconv.AVAILABLE:
         for m in net.modules():
             if isinstance(m, WTConv):
                 m.impl = 'triton'
     images = torch.randn(2, 3, 64, 64)
-    eager = backbone_steps(copy.deepcopy(net), images)
-    compiled = backbone_steps(copy.deepcopy(net), images, compile=dict(backend=record))
+    nets = [copy.deepcopy(net) for _ in range(2)]
+    eager = backbone_steps(nets[0], images)
+    compiled = backbone_steps(nets[1], images, compile=dict(backend=record))
     assert compiled['train']() == pytest.approx(eager['train'](), rel=1e-5)
+    for (name, a), b in zip(nets[1].named_parameters(), nets[0].parameters()):
+        assert b.grad.abs().max() > 1e-6, name  # (the means' gradients: 1e-9 to 1e-17)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
     assert graphs and all('haar_wtconv_forward' in g for g in graphs) == haar_wtconv.AVAILABLE
     for a, b in zip(compiled['infer'](), eager['infer']()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

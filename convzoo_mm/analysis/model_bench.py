@@ -115,13 +115,15 @@ def backbone_steps(backbone: torch.nn.Module, images: torch.Tensor,
                    autocast: Optional[torch.dtype] = None,
                    compile: Optional[Dict[str, Any]] = None) -> Dict[str, Callable[[], Any]]:
     """``{'train': fn, 'infer': fn}`` timing only ``backbone`` on ``images``: train = forward,
-    backward of the sum of its outputs' means, optimizer step (SGD by default); infer = forward
+    backward of the sum of its outputs' means after a fixed random elementwise weighting,
+    optimizer step (SGD by default), returns the loss; infer = forward
     under no_grad. ``autocast``: run the forwards under ``torch.autocast`` with that dtype.
     ``compile``: run the forwards through ``torch.compile(backbone, **compile)`` (e.g.
     ``dict(mode='reduce-overhead')``; the first calls compile, so warm up)."""
     if optim is None:
         optim = torch.optim.SGD(backbone.parameters(), lr=1e-6, momentum=0.9)
     forward = backbone if compile is None else torch.compile(backbone, **compile)
+    projections: List[torch.Tensor] = []
 
     def train():
         backbone.train()
@@ -131,7 +133,11 @@ def backbone_steps(backbone: torch.nn.Module, images: torch.Tensor,
         with amp_context(images.device.type, autocast):
             outs = forward(images)
         outs = outs if isinstance(outs, (tuple, list)) else [outs]
-        loss = sum(o.float().mean() for o in outs)
+        if not projections:  # fixed random ones: a stage ending in a channel LayerNorm has a
+            # constant channel mean (0) and mean square (1), whose gradients are rounding noise
+            g = torch.Generator().manual_seed(0)
+            projections.extend(torch.randn(o.shape, generator=g).to(o.device) for o in outs)
+        loss = sum((o.float() * r).mean() for o, r in zip(outs, projections))
         loss.backward()
         optim.step()
         return float(loss.detach())
@@ -151,8 +157,7 @@ def model_steps(config: str, shape: Sequence[int], batch_size: int = 2, device: 
                 ) -> Dict[str, Callable[[], Any]]:
     """``{'train': fn, 'infer': fn}`` for the model of ``config`` on a random batch.
 
-    ``part='backbone'`` times only ``model.backbone``: train = forward, ``sum of the means of
-    its outputs`` backward, SGD step; infer = forward under no_grad."""
+    ``part='backbone'`` times only ``model.backbone`` (:func:`backbone_steps`)."""
     if part not in ('model', 'backbone'):
         raise ValueError(f"part must be 'model' or 'backbone', got {part!r}")
     from .mm_models import build_model, config_scope, dummy_batch, load_config

@@ -3,8 +3,8 @@
 
 Both backbones (same arch, ``conv_type='wtconv'`` vs ``'plain'``, fresh init, no drop path) are
 built in one process and measured interleaved on the same random images: one train step is
-forward + backward of the sum of the output means + SGD step; inference is a no_grad forward.
-Needs no mmdet/mmseg. Prints a markdown table (ratios to ConvNeXt) and writes
+forward + backward of the outputs' randomly weighted means + SGD step; inference is a no_grad
+forward. Needs no mmdet/mmseg. Prints a markdown table (ratios to ConvNeXt) and writes
 OUT_DIR/benchmark_wtconvnext.{md,json}. ``--profile N`` also profiles N train steps of each model
 (torch.profiler, convzoo_mm.analysis.model_bench.profile_step): the host's own CPU time, its time
 waiting for the device and the device's kernel time per step, and the most expensive operators
