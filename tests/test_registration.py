@@ -84,6 +84,24 @@ def test_published_scales_survive_model_init_cfg():
     assert all(torch.all(m.wavelet_scale[0].weight == 0.1) for m in wt)
 
 
+def test_wtconv_1x1_in_dcn_slot_gets_the_hosts_init():
+    """In mm ResNet's Bottleneck 3x3 slot the 1x1 after the depthwise WTConv gets the host's
+    Kaiming init (normal, fan_out, as the dense 3x3 it replaces), not PyTorch's default that
+    WTConv.init_weights gives the published depthwise part; the scales stay 1.0 / 0.1."""
+    from mmdet.registry import MODELS as DET
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        net = DET.build(dict(type='ResNet', depth=50, dcn=dict(type='WTConv', wt_levels=1),
+                             stage_with_dcn=(False, False, False, True)))
+    net.init_weights()
+    wt = [m for m in net.modules() if isinstance(m, layers.WTConv)]
+    assert len(wt) == 3 and all(torch.all(m.wavelet_scale[0].weight == 0.1) for m in wt)
+    for m in wt:
+        w = m.pointwise.weight           # (512, 512, 1, 1): Kaiming fan_out std sqrt(2 / 512)
+        kaiming, default = (2 / w.shape[0]) ** 0.5, (1 / (3 * w.shape[1])) ** 0.5
+        assert abs(w.std().item() / kaiming - 1) < 0.02, (w.std().item(), kaiming, default)
+
+
 def test_mmdet_resnet50_wtconv_in_dcn_slot_forward_backward():
     from mmdet.registry import MODELS as DET
     with DefaultScope.overwrite_default_scope('mmdet'):

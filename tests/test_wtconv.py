@@ -146,8 +146,11 @@ def test_filters_are_frozen_buffers_and_published_state_dict_loads():
         WTConv(6, 6, 5, groups=6, wt_levels=1).load_state_dict(other)
 
 
-def test_init_weights_matches_published():
-    layer = WTConv(4, 4, 5, groups=4, wt_levels=2)
+@pytest.mark.parametrize('out_channels,groups', [(4, 4), (8, 2)])
+def test_init_weights_matches_published(out_channels, groups):
+    """The published part gets the published init; the 1x1 of the in != out form keeps
+    whatever its host set (here: 7)."""
+    layer = WTConv(4, out_channels, 5, groups=groups, wt_levels=2)
     with torch.no_grad():
         for p in layer.parameters():
             p.fill_(7.0)
@@ -157,6 +160,8 @@ def test_init_weights_matches_published():
     bound = 1 / np.sqrt(25)   # PyTorch default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     for conv in [layer.base_conv, *layer.wavelet_convs]:
         assert conv.weight.abs().max() <= bound and conv.weight.std() > 0.2 * bound
+    if layer.pointwise is not None:
+        assert all(torch.all(p == 7.0) for p in layer.pointwise.parameters())
 
 
 def test_channels_last_and_autocast():

@@ -355,11 +355,14 @@ class WTConv(LayerStateDict, nn.Module):
 
     # mmengine calls this after any init_cfg of a parent, so the published init always wins.
     def init_weights(self):
-        """Published initialisation: PyTorch's default conv init, base scale 1.0, level scales
-        0.1 (so the layer starts close to its base depthwise conv)."""
-        for m in self.modules():
-            if m is not self and hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        """Published initialisation of the published (depthwise) part: PyTorch's default conv
+        init, base scale 1.0, level scales 0.1 (so the layer starts close to its base depthwise
+        conv). The 1x1 ``pointwise`` conv of the ``in != out`` form is not part of the published
+        layer: it keeps the init its host gave it (e.g. an mm ResNet's Kaiming ``init_cfg``,
+        as the dense conv it replaces gets; PyTorch's default when built alone), as mmcv's
+        deformable convs leave their main weight to the host."""
+        for m in (self.base_conv, self.base_scale, *self.wavelet_convs, *self.wavelet_scale):
+            m.reset_parameters()
 
     def extra_repr(self):
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
