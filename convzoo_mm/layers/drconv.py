@@ -89,13 +89,20 @@ def materialize_filters(coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
             across calls: a fresh multi-MB result costs more in page faults than the matmul).
 
     Returns:
-        Tensor: ``(*D, k*k*Cg, out)``.
+        Tensor: ``(*D, k*k*Cg, out)`` (with a bank per region, a view of a region-major
+        buffer).
     """
-    a = coef.transpose(-1, -2) if tapwise else coef.unsqueeze(-2)
-    if out is None:
-        return (a @ bank).view(*a.shape[:-2], -1, out_channels)
-    torch.mm(a, bank, out=out.view(a.shape[0], -1))
-    return out
+    a = coef.transpose(-1, -2) if tapwise else coef.unsqueeze(-2)  # (*D, k*k or 1, B)
+    if out is not None:
+        torch.mm(a, bank, out=out.view(a.shape[0], -1))
+        return out
+    if bank.dim() == 2:  # one bank for every row: a single matmul
+        return (a.reshape(-1, a.shape[-1]) @ bank).view(*a.shape[:-2], -1, out_channels)
+    # a bank per region, D = (N, m): one matmul per region over the rows of all samples (a
+    # broadcast (N, m, ...) @ (m, ...) would form an N-fold bank gradient in the backward)
+    n, m = a.shape[:2]
+    w = torch.bmm(a.transpose(0, 1).reshape(m, -1, a.shape[-1]), bank)
+    return w.view(m, n, -1, out_channels).transpose(0, 1)
 
 
 def pad_nhwc(x: torch.Tensor, padding: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
