@@ -114,6 +114,9 @@ def test_host_probe_cli_counts_the_designs_launches(tmp_path):
     assert f"| {t['min']:.0f} [{t['median']:.0f}] |" in proc.stdout
     with pytest.raises(AssertionError, match='--launch .* needs --device cuda'):
         run_tool('analysis/host_probe.py', '--launch', '--out-dir', str(tmp_path))
+    with pytest.raises(AssertionError, match="--arch: .*'huge'"):
+        run_tool('analysis/host_probe.py', '--models', '--arch', 'huge', '--rounds', '1',
+                 '--out-dir', str(tmp_path))
 
 
 def test_backbone_steps_compiled_equal_eager():

@@ -89,8 +89,9 @@ def test_get_flops_cli(tmp_path):
 def test_erf_cli_inline_specs(tmp_path):
     out = str(tmp_path / 'erf.png')
     tiny = "arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 16, 16]), out_indices=(1, )"
-    proc = run_tool('analysis/erf.py', f"dict(type='WTConvNeXt', conv_type='plain', {tiny})",
-                    f"dict(type='WTConvNeXt', {tiny})", '--names', 'plain', 'wt', '--size', '64',
+    plain = f"dict(type='WTConvNeXt', conv_type='plain', {tiny})"
+    proc = run_tool('analysis/erf.py', plain, f"dict(type='WTConvNeXt', {tiny})", plain,
+                    '--names', 'plain', 'wt', 'plain again', '--size', '64',
                     '--num-images', '2', '--images', str(tmp_path / 'none'), '--out', out,
                     env=dict(OMP_NUM_THREADS='1'))
     assert '| plain |' in proc.stdout and '| wt |' in proc.stdout
@@ -98,7 +99,9 @@ def test_erf_cli_inline_specs(tmp_path):
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     with open(out[:-4] + '.json') as f:
         ratios = json.load(f)
-    assert set(ratios) == {'plain', 'wt'} and all(0 < r['0.99'] <= 1 for r in ratios.values())
+    assert set(ratios) == {'plain', 'wt', 'plain again'}
+    assert all(0 < r['0.99'] <= 1 for r in ratios.values())
+    assert ratios['plain'] == ratios['plain again']   # --seed (0) before each build
 
 
 def test_model_benchmark_and_pictures_on_a_detector(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convzoo_mm.layers.drconv import DRConv, drconv_naive, region_conv
+from convzoo_mm.layers.drconv import DRConv, drconv_naive, materialize_filters, region_conv
 
 torch.set_num_threads(1)
 
@@ -477,6 +477,15 @@ def test_forward_naive_equals_the_oracle(gen, case):
     params = [x, *layer.parameters()]
     for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_materialize_filters_names_bad_shapes():
+    """A per-region bank needs (N, m, B, k*k) coefficients; out= takes one (sample, region)."""
+    with pytest.raises(ValueError, match=r'needs coef of shape \(N, m=9'):
+        materialize_filters(torch.randn(9, 2, 9), torch.randn(9, 2, 4), True, 4)
+    with pytest.raises(ValueError, match='out= takes one'):
+        materialize_filters(torch.randn(2, 3, 4), torch.randn(4, 36), False, 4,
+                            out=torch.empty(9, 4))
 
 
 def test_traced_export_path_is_exact_at_any_batch_and_size():

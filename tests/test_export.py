@@ -58,6 +58,7 @@ def export_and_run(module, inputs, sizes=None, seed=1):
     graph = onnx.load_from_string(buf.getvalue())
     sess = ort.InferenceSession(buf.getvalue(), providers=['CPUExecutionProvider'])
     if sizes is None:
+        assert len(inputs) == 1, 'several inputs: say their sizes for the other runs'
         sizes = [[(n + 1, c, h + dh, w + dw) for n, c, h, w in (x.shape for x in inputs)]
                  for dh, dw in ((1, 2), (2, 1))]
     same = [(x.shape[0] + 1, *x.shape[1:]) for x in inputs]
@@ -130,6 +131,15 @@ def test_wtconv(levels, k, stride, kind):
     graph, _ = export_and_run(layer, (torch.randn(2, cin, 37, 45),))
     # the base conv, one depthwise conv per level, the 1x1 conv when in != out
     assert op_types(graph).count('Conv') == 1 + levels + (kind == 'pw')
+
+
+def test_wtconv_exported_at_an_even_size_runs_at_odd_ones():
+    """Exported at 32x40 (no pad needed at any of 3 levels), run at 33x42 and 34x41: the graph
+    must hold the odd-size pad (an export that took the even-size shortcut failed)."""
+    torch.manual_seed(0)
+    layer = _perturb(WTConv(6, 6, 5, groups=6, wt_levels=3))
+    graph, _ = export_and_run(layer, (torch.randn(2, 6, 32, 40),))
+    assert 'Pad' in op_types(graph)
 
 
 @pytest.mark.parametrize('wt_type,levels', [('db2', 2), ('sym4', 3)])

@@ -71,8 +71,9 @@ def conv_output_size(size: int, kernel_size: int, stride: int, padding: int,
 
 def materialize_filters(coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
                         out_channels: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Transposed filter of one (sample, region) from the generator factors, or of all of
-    them (leading dimensions ``*D`` of ``coef``, e.g. ``(N, m)``, broadcast against ``bank``'s).
+    """Transposed filter of one (sample, region) from the generator factors, or of many
+    (leading dimensions ``*D`` of ``coef``: any with a shared bank, ``(N, m)`` with a bank per
+    region).
 
     Layout ``(k*k*Cg, out)`` with rows ordered (tap, input channel) (``Cg = in/groups``): the
     matrix that multiplies the im2col rows of :func:`im2col_t`.
@@ -86,13 +87,20 @@ def materialize_filters(coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
             a bank per region), ``False`` for the basis generator (one per basis).
         out_channels (int): out.
         out (Tensor, optional): contiguous ``(k*k*Cg, out)`` buffer to write into (reused
-            across calls: a fresh multi-MB result costs more in page faults than the matmul).
+            across calls: a fresh multi-MB result costs more in page faults than the matmul);
+            one (sample, region) only.
 
     Returns:
         Tensor: ``(*D, k*k*Cg, out)`` (with a bank per region, a view of a region-major
         buffer).
     """
     a = coef.transpose(-1, -2) if tapwise else coef.unsqueeze(-2)  # (*D, k*k or 1, B)
+    if out is not None and a.dim() != 2:
+        raise ValueError(f'materialize_filters: out= takes one (sample, region), got coef of '
+                         f'shape {tuple(coef.shape)}')
+    if bank.dim() == 3 and (a.dim() != 4 or a.shape[1] != bank.shape[0]):
+        raise ValueError(f'materialize_filters: a bank per region {tuple(bank.shape)} needs coef '
+                         f'of shape (N, m={bank.shape[0]}, B, k*k), got {tuple(coef.shape)}')
     if out is not None:
         torch.mm(a, bank, out=out.view(a.shape[0], -1))
         return out

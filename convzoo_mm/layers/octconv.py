@@ -163,7 +163,7 @@ def octave_pool(x: torch.Tensor) -> torch.Tensor:
     border window averages the pixels it covers): ``F.avg_pool2d(x, 2, 2, ceil_mode=True,
     count_include_pad=False)``. Even sizes take a faster path (strided views), except while
     a graph is recorded: there the size is symbolic and the one form serves every size."""
-    if x.dim() != 4 or not _is_even(x) or tracing():
+    if tracing() or x.dim() != 4 or not _is_even(x):
         return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
     if _eager_grad(x):
         return _PoolEven.apply(x)
@@ -173,7 +173,7 @@ def octave_pool(x: torch.Tensor) -> torch.Tensor:
 def octave_upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Nearest x2 upsampling cropped to ``size`` (the inverse layout of :func:`octave_pool`)."""
     y = F.interpolate(x, scale_factor=2.0, mode='nearest')
-    if y.shape[-2] != size[0] or y.shape[-1] != size[1] or tracing():  # (symbolic size)
+    if tracing() or y.shape[-2] != size[0] or y.shape[-1] != size[1]:  # (symbolic size)
         y = y[..., :size[0], :size[1]]
     return y
 

@@ -208,7 +208,7 @@ def haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor] = None,
     (the inverse of :func:`haar_analysis` of an odd-sized input), plus ``add`` (N, C, H, W)."""
     h, w = y.shape[-2:]
     size = tuple(size) if size is not None else (2 * h, 2 * w)
-    if torch.jit.is_tracing():   # export records the tensor ops (the Function's size would not)
+    if tracing():   # export records the tensor ops (the Function's size would not)
         return _haar_synthesis(y, ll_extra, size, add)
     return _HaarSynthesis.apply(y, ll_extra, size, add)
 
@@ -230,9 +230,11 @@ def _fused_ops():
 
 def _pad_even(x: torch.Tensor) -> torch.Tensor:
     """Zero-pad an odd height/width by one row/column at the bottom/right. While a graph is
-    recorded the pad is always recorded (of ``size % 2``), so the graph serves both parities."""
+    recorded the pad is always recorded (of ``size % 2``), so a ``jit.trace`` / TorchScript ONNX
+    graph serves both parities (``torch.export`` still guards on the example's parity: the
+    Haar reshape needs an even size it cannot prove)."""
     h, w = x.shape[-2:]
-    if h % 2 or w % 2 or tracing():
+    if tracing() or h % 2 or w % 2:
         x = F.pad(x, (0, w % 2, 0, h % 2))
     return x
 
@@ -359,8 +361,7 @@ class WTConv(LayerStateDict, nn.Module):
         init, base scale 1.0, level scales 0.1 (so the layer starts close to its base depthwise
         conv). The 1x1 ``pointwise`` conv of the ``in != out`` form is not part of the published
         layer: it keeps the init its host gave it (e.g. an mm ResNet's Kaiming ``init_cfg``,
-        as the dense conv it replaces gets; PyTorch's default when built alone), as mmcv's
-        deformable convs leave their main weight to the host."""
+        as the dense conv it replaces gets; PyTorch's default when built alone)."""
         for m in (self.base_conv, self.base_scale, *self.wavelet_convs, *self.wavelet_scale):
             m.reset_parameters()
 

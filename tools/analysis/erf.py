@@ -37,6 +37,8 @@ def main(argv=None):
     parser.add_argument('--size', type=int, default=256, help='square input size')
     parser.add_argument('--out-index', type=int, default=-1, help='backbone output (stage)')
     parser.add_argument('--out', default='work_dirs/erf/erf.png', help='figure path')
+    parser.add_argument('--seed', type=int, default=0, help='torch seed set before building '
+                        'each backbone, so an initialisation (no checkpoint) repeats (default 0)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='overrides for every config, e.g. (ERF of an untrained architecture) '
                         'model.backbone.zero_init_residual=False or '
@@ -46,6 +48,8 @@ def main(argv=None):
     for opt in ('checkpoints', 'names'):
         if getattr(args, opt) and len(getattr(args, opt)) != n:
             parser.error(f'--{opt} needs one value per config ({n})')
+
+    import torch
 
     from convzoo_mm.analysis.erf import (compute_erf, erf_area_ratios, find_images, load_images,
                                          plot_erfs, save_erf_image, smooth_random_images)
@@ -67,6 +71,7 @@ def main(argv=None):
         ckpt = None if ckpt in (None, 'none') else ckpt
         print(f'[{i + 1}/{n}] {name}: {config}' + (f' ({ckpt})' if ckpt else ''),
               file=sys.stderr)
+        torch.manual_seed(args.seed)
         try:
             backbone = backbone_from_config(config, ckpt, args.cfg_options)
         except (FileNotFoundError, ValueError) as e:

@@ -33,7 +33,7 @@ def main(argv=None):
                         help='input height and width (default 16 16)')
     parser.add_argument('--levels', type=int, default=5, help='wavelet levels L (default 5)')
     parser.add_argument('--kernel-size', type=int, default=5, help='k (default 5)')
-    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--batch', type=int, default=1, help='input batch size (default 1)')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     parser.add_argument('--launch', action='store_true',
                         help='run the real Triton kernels (needs --device cuda)')
@@ -41,7 +41,8 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=20, help='calls per round (default 20)')
     parser.add_argument('--models', action='store_true',
                         help='also count one fwd+bwd of WTConvNeXt against ConvNeXt')
-    parser.add_argument('--arch', default='tiny', help="backbone arch with --models ('tiny')")
+    parser.add_argument('--arch', default='tiny',
+                        help="WTConvNeXt / ConvNeXt arch with --models (default 'tiny')")
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--out-dir', default='work_dirs/host_probe')
     args = parser.parse_args(argv)
@@ -62,6 +63,12 @@ def main(argv=None):
     apply_cli_device(parser, args)
     if not haar_wtconv.AVAILABLE:
         parser.error('the fused path needs Triton: pip install triton')
+    if args.models:
+        from convzoo_mm.backbones import WTConvNeXt
+        try:
+            WTConvNeXt(arch=args.arch)
+        except ValueError as e:
+            parser.error(f'--arch: {e}')
     layer = layer_host_cost(args.channels, args.size, args.levels, args.kernel_size,
                             args.batch, args.device, args.launch, args.rounds, args.repeats)
     models = backbone_calls(args.arch, device=args.device, launch=args.launch) \
