@@ -198,8 +198,8 @@ class _AddUpsampled(torch.autograd.Function):
 def octave_add_upsampled(y: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     """``y + octave_upsample(low, y.shape[-2:])`` (the L->H path added to the H->H output)."""
     h, w = y.shape[-2:]
-    if _is_even(y) and low.shape[-2] * 2 == h and low.shape[-1] * 2 == w \
-            and y.dtype == low.dtype and eager():
+    if eager() and _is_even(y) and low.shape[-2] * 2 == h and low.shape[-1] * 2 == w \
+            and y.dtype == low.dtype:
         return _AddUpsampled.apply(y, low)
     return y + octave_upsample(low, (h, w))
 
