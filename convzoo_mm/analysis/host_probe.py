@@ -23,6 +23,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .benchmark import _sync
+
 __all__ = ['KERNELS', 'FREE_OPS', 'counted_launches', 'DispatchCounter', 'layer_host_cost',
            'backbone_calls', 'host_cost_markdown']
 
@@ -85,6 +87,14 @@ class DispatchCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _check_launch(device, launch: bool) -> torch.device:
+    device = torch.device(device)
+    if launch and device.type != 'cuda':
+        raise ValueError(f"launch=True runs the Triton kernels and needs device='cuda', "
+                         f'got {str(device)!r}')
+    return device
+
+
 def _stats_us(times: Sequence[float]) -> Dict[str, float]:
     ordered = sorted(times)
     return dict(min=ordered[0] * 1e6, median=ordered[len(ordered) // 2] * 1e6)
@@ -112,9 +122,7 @@ def layer_host_cost(channels: int = 16, size: Sequence[int] = (16, 16), levels: 
         and ``host_us`` per pass (``{'min', 'median'}``), plus the settings.
     """
     from ..layers import WTConv
-    if launch and not str(device).startswith('cuda'):
-        raise ValueError(f"launch=True runs the Triton kernels and needs device='cuda', "
-                         f'got {device!r}')
+    device = _check_launch(device, launch)
     torch.manual_seed(seed)
     layer = WTConv(channels, channels, kernel_size, groups=channels, wt_levels=levels,
                    impl='triton').to(device)
@@ -135,12 +143,11 @@ def layer_host_cost(channels: int = 16, size: Sequence[int] = (16, 16), levels: 
                                kernel_size=kernel_size, batch=batch, device=str(device),
                                launch=launch, rounds=rounds, repeats=repeats,
                                calls={}, kernel_ops={}, launches={}, host_us={})
-    sync = torch.cuda.synchronize if str(device).startswith('cuda') else (lambda: None)
     with counted_launches(run=launch) as log:
         for name, fn in passes.items():
             for _ in range(3):  # warm-up: caches of layouts, Triton's compiled kernels
                 fn()
-            sync()
+            _sync(device)
             del log[:]
             with DispatchCounter() as counter:
                 fn()
@@ -150,12 +157,12 @@ def layer_host_cost(channels: int = 16, size: Sequence[int] = (16, 16), levels: 
         times: Dict[str, List[float]] = {name: [] for name in passes}
         for _ in range(rounds):
             for name, fn in passes.items():
-                sync()
+                _sync(device)
                 start = time.perf_counter()
                 for _ in range(repeats):
                     fn()
                 times[name].append((time.perf_counter() - start) / repeats)
-        sync()
+        _sync(device)
     res['host_us'] = {name: _stats_us(t) for name, t in times.items()}
     return res
 
@@ -169,8 +176,7 @@ def backbone_calls(arch: str = 'tiny', shape: Sequence[int] = (1, 3, 64, 64),
     ``launch`` (then ``device`` must be CUDA)."""
     from ..backbones import WTConvNeXt
     from ..layers import WTConv
-    if launch and not str(device).startswith('cuda'):
-        raise ValueError(f"launch=True needs device='cuda', got {device!r}")
+    device = _check_launch(device, launch)
     x = torch.randn(*shape, device=device)
     out: Dict[str, Dict[str, Any]] = {}
     for name, conv_type in (('WTConvNeXt', 'wtconv'), ('ConvNeXt', 'plain')):
