@@ -325,3 +325,35 @@ def test_octave_dropin_with_kernels_equals_without(case, monkeypatch):
     layer = OctaveConv(8, 8, case['k'], case.get('stride', 1), alpha_in=ai, alpha_out=ao)
     x = torch.randn(3, 8, *case['hw'], requires_grad=True)
     _same_with_and_without_kernels(layer, x, monkeypatch, 1e-5)
+
+
+def test_matmul_equals_float64_product(monkeypatch):
+    """``cpu_kernels.matmul`` (oneDNN for float32 outside autograd) equals the float64 product
+    for 2-D and one-batch 3-D operands of any strides; many batches, float64 and operands
+    that need autograd take ``torch.matmul`` (still equal), and oneDNN runs only when it may."""
+    calls = []
+    real = cpu_kernels._ONEDNN_LINEAR
+    if real is not None:
+        monkeypatch.setattr(cpu_kernels, '_ONEDNN_LINEAR', lambda *a: calls.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 37, 70, generator=gen)
+    b = torch.randn(3, 29, 70, generator=gen).transpose(1, 2)  # (3, 70, 29), strided
+
+    def check(x, y, onednn):
+        del calls[:]
+        got = cpu_kernels.matmul(x, y)
+        want = torch.matmul(x.double(), y.double())
+        assert got.dtype == x.dtype and got.shape == want.shape
+        assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
+        assert bool(calls) == (onednn and real is not None)
+        return got
+
+    check(a[0], b[0], True)
+    check(a[1].t().contiguous().t(), b[1], True)  # column-major left operand
+    check(a[:1], b[:1], True)
+    check(a, b, False)  # several batches: torch.bmm
+    check(a[0].double(), b[0].double(), False)
+    x = a[0].clone().requires_grad_()
+    out = check(x, b[0], False)
+    out.sum().backward()  # autograd kept
+    torch.testing.assert_close(x.grad, b[0].sum(1).expand(37, 70))

@@ -7,6 +7,7 @@ layer's parameters, runs one ``F.conv2d`` per (sample, region) and mixes the m r
 the straight-through mask ``onehot + softmax - softmax.detach()``, so autograd on it gives the
 documented surrogate gradient.
 """
+import copy
 import math
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from convzoo_mm.layers.drconv import DRConv, drconv_naive, materialize_filters, region_conv
+from convzoo_mm.ops import cpu_kernels
 
 torch.set_num_threads(1)
 
@@ -114,6 +116,41 @@ def test_gradients_equal_the_surrogate(gen, case):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
     if m > 1:  # the guide does learn (with one region its softmax is constant)
         assert got[names.index('guide.weight')].abs().sum() > 0
+
+
+@pytest.mark.parametrize('gen,m,s,g', [
+    ('full', 8, 1, 1),   # B = k*k: forward U @ bank, backward with the filters built
+    ('full', 4, 1, 1),   # B < k*k: all in the U form
+    ('full', 4, 2, 2),   # groups: batched matmuls (torch.bmm)
+    ('basis', 4, 1, 1),  # per-sample im2col path
+])
+def test_float32_fast_path_equals_float64_oracle(gen, m, s, g, monkeypatch):
+    """The float32 path as it runs in training (region matmuls through oneDNN where PyTorch
+    has it, the C++ tap mix where built) against the oracle in float64 on the same parameters:
+    value and every gradient within float32 rounding of each result's scale (the guide
+    gradient, a difference of region responses, loses a few more digits)."""
+    calls = []
+    real = cpu_kernels._ONEDNN_LINEAR
+    if real is not None:
+        monkeypatch.setattr(cpu_kernels, '_ONEDNN_LINEAR',
+                            lambda *a: calls.append(1) or real(*a))
+    layer64 = make(16, 16, 3, s, 1, 1, g, m, gen)
+    layer32 = copy.deepcopy(layer64).float()
+    x64 = torch.randn(2, 16, 11, 9, dtype=torch.double)
+    x32 = x64.float().requires_grad_()
+    x64.requires_grad_()
+    assert torch.equal(layer32.guide(x32).argmax(1), layer64.guide(x64).argmax(1))
+    out32, out64 = layer32(x32), oracle(layer64, x64)
+    up = torch.randn_like(out64)
+    got = [out32, *torch.autograd.grad(out32, [x32, *layer32.parameters()], up.float())]
+    want = [out64, *torch.autograd.grad(out64, [x64, *layer64.parameters()], up)]
+    names = ['out', 'x'] + [n for n, _ in layer64.named_parameters()]
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == torch.float32 and a.shape == b.shape, name
+        err = (a.double() - b).abs().max() / b.abs().max()
+        assert err < 3e-5, (name, err.item())
+    if real is not None and g == 1:
+        assert calls, 'the region matmuls did not go through oneDNN'
 
 
 def test_guide_gradient_is_softmax_jacobian_of_region_responses():
@@ -448,7 +485,8 @@ def test_demo_config_trains_through_mm_tools(tmp_path):
     from tests.utils import ROOT, train_demo_briefly
     make_demo_data(os.path.join(ROOT, 'data', 'demo'))
     work = tmp_path / 'work'
-    sds = train_demo_briefly('configs/demo/fcos_r50-thin-drconv-m4-c3-c4_fpn_1xb8-12e_demo.py', work)
+    sds = train_demo_briefly(
+        'configs/demo/fcos_r50-thin-drconv-m4-c3-c4_fpn_1xb8-12e_demo.py', work)
     keys = [k for k in sds[0] if k.endswith('conv2.guide.weight')]
     assert len(keys) == 4 + 6
     for key in keys:

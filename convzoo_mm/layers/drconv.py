@@ -221,9 +221,9 @@ def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, t
     if tapwise and coef.shape[0] <= coef.shape[1]:
         cg = kk_cg // coef.shape[1]
         u = torch.matmul(coef, cols.view(g * rows, -1, cg))  # (g*L', B, Cg)
-        return torch.bmm(u.view(g, rows, -1), _bank_grouped(bank, groups, cg))
+        return cpu_kernels.matmul(u.view(g, rows, -1), _bank_grouped(bank, groups, cg))
     w_t = materialize_filters(coef, bank, tapwise, out_channels)
-    return torch.bmm(cols, _grouped(w_t, groups))
+    return cpu_kernels.matmul(cols, _grouped(w_t, groups))
 
 
 # temporary U of the batched tap mix per block of rows (bytes); a typical region is one block
@@ -250,7 +250,7 @@ def _forward_tap_mix(x, region, coef, banks, meta, m):
             j = rows.numel()
             u = cpu_kernels.region_tap_mix(xp, rows, coef[:, r], k, stride, dilation, (ho, wo),
                                            groups, out=buf[:j * nb * c].view(groups, j, nb, -1))
-            out.index_copy_(1, rows, torch.bmm(u.view(groups, j, -1), banks[r]))
+            out.index_copy_(1, rows, cpu_kernels.matmul(u.view(groups, j, -1), banks[r]))
     if groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
         return out.view(n, ho, wo, out_channels).permute(0, 3, 1, 2)
     return out.view(groups, n, ho, wo, -1).permute(1, 0, 4, 2, 3).reshape(
@@ -320,7 +320,7 @@ def _backward_tap_mix(x, region, coef, bank, banks, meta, m, grad_out, needs):
             if need_soft:  # <g, y_r> for every region r at every position
                 u_all = cpu_kernels.region_tap_mix(xp, every, cf, k, stride, dilation, (ho, wo),
                                                    groups)
-                resp = torch.bmm(u_all.view(groups, rows_n, -1), banks[r])
+                resp = cpu_kernels.matmul(u_all.view(groups, rows_n, -1), banks[r])
                 grad_soft[i0:i1, r] = resp.mul_(g).sum((0, 2)).view(i1 - i0, per)
             if r not in rows:
                 continue
@@ -335,7 +335,7 @@ def _backward_tap_mix(x, region, coef, bank, banks, meta, m, grad_out, needs):
                     gb.view(groups, nb, cg, og).permute(1, 2, 0, 3))
             if not (need_coef or need_x):
                 continue
-            du = torch.bmm(g_r, banks[r].transpose(1, 2)).view(groups, j, nb, cg)
+            du = cpu_kernels.matmul(g_r, banks[r].transpose(1, 2)).view(groups, j, nb, cg)
             sample = idx // per
             if need_coef:  # dcoef[b, t] = sum_c dU[b, c] * x_tap[t, c], per row
                 cols_r = cols.index_select(1, idx).view(groups, j, taps, cg)
@@ -398,7 +398,7 @@ class _RegionConv(torch.autograd.Function):
         grad_coef = torch.zeros_like(coef) if need_coef else None
         grad_bank = torch.zeros_like(bank) if need_bank else None
         # per-sample buffers, reused (fresh multi-MB tensors per region cost page faults)
-        xp = cols = grad_cols = grad_xp = w_t = resp = gw_t = None
+        xp = cols = grad_cols = grad_xp = w_t = gw_t = None
         for i in range(n):
             xp = pad_nhwc(x[i:i + 1], padding, xp)
             cols = im2col_t(xp[0], k, stride, dilation, (ho, wo), groups, cols)
@@ -414,15 +414,14 @@ class _RegionConv(torch.autograd.Function):
                                           out_channels, w_t)
                 w_g = _grouped(w_t, groups)
                 if need_soft:  # <g, y_r> for every region r: all m responses are needed
-                    resp = torch.bmm(cols, w_g, out=resp) if resp is not None else torch.bmm(
-                        cols, w_g)
+                    resp = cpu_kernels.matmul(cols, w_g)
                     grad_soft[i, r] = resp.mul_(g).sum((0, 2))
                 if r not in rows:
                     continue
                 idx = rows[r]
                 g_r = g.index_select(1, idx)
                 if grad_cols is not None:
-                    grad_cols.index_copy_(1, idx, torch.bmm(g_r, w_g.transpose(1, 2)))
+                    grad_cols.index_copy_(1, idx, cpu_kernels.matmul(g_r, w_g.transpose(1, 2)))
                 if need_w:
                     cols_r = cols.index_select(1, idx).transpose(1, 2)
                     if tapwise and groups == 1:  # into a reused buffer (consumed right away)
