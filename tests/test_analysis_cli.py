@@ -1,6 +1,8 @@
 """The analysis CLIs: --help, clear errors (bad config path, unknown layer), the model benchmark's
 bookkeeping with a fake clock, and the tiny layer benchmark end to end."""
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -8,7 +10,7 @@ import torch
 
 from convzoo_mm.analysis.model_bench import (CONFIG_PAIRS, compare_steps, model_table, pairs_table,
                                              profile_step)
-from tests.utils import run_tool
+from tests.utils import ROOT, run_tool
 
 TOOLS = ['get_flops.py', 'benchmark_layers.py', 'benchmark_model.py', 'erf.py',
          'visualize_layers.py', 'summarize.py', 'benchmark_wtconvnext.py',
@@ -208,3 +210,27 @@ def test_config_suite_cli_one_pair(tmp_path):
     with pytest.raises(AssertionError, match='no pair'):
         run_tool('analysis/benchmark_configs.py', 'demo', '--only', 'nope', '--out-dir',
                  str(tmp_path))
+
+
+def test_gpu_script_usage_errors_and_machine_without_cuda(tmp_path):
+    """``.ci/gpu`` (the GPU checks): no arguments or an unknown step is exit 2 naming the allowed
+    steps; on a machine without CUDA and nothing missing it gets as far as importing convzoo_mm,
+    then stops with exit 2 at the device check, before running any step."""
+    def gpu(*args):
+        return subprocess.run(['bash', os.path.join(ROOT, '.ci', 'gpu'), *map(str, args)],
+                              capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, PYTHON=sys.executable))
+
+    proc = gpu()
+    assert proc.returncode == 2 and '.ci/gpu OUT [STEP ...]' in proc.stdout
+    assert gpu('--help').returncode == 0
+    proc = gpu(tmp_path, 'tests', 'nope')
+    assert proc.returncode == 2
+    assert "unknown step 'nope' (allowed: tests probe layers backbone compile)" in proc.stderr
+    if torch.cuda.is_available():
+        return
+    proc = gpu(tmp_path, 'probe')
+    assert proc.returncode == 2
+    assert 'convzoo_mm imports' in proc.stderr and 'no CUDA device' in proc.stderr, proc.stderr
+    assert 'installing' not in proc.stdout  # this environment lacks nothing
+    assert not os.path.exists(tmp_path / 'probe.log')
