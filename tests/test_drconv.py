@@ -9,6 +9,7 @@ documented surrogate gradient.
 """
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -530,12 +531,17 @@ def test_traced_export_path_is_exact_at_any_batch_and_size():
     """Under tracing (ONNX export, FlopAnalyzer) the layer runs the naive form as plain tensor
     ops: the traced graph must give the eager output on a *new* input (a traced data-dependent
     region loop would replay the first input's regions), also of another batch and size (the
-    eager naive form folds the batch into a conv's groups, a constant of a graph)."""
+    eager naive form folds the batch into a conv's groups, a constant of a graph). The im2col
+    takes the layer's kernel size, not a traced one (no TracerWarning about it)."""
     torch.manual_seed(0)
     layer = DRConv(4, 6, 3, 2, 1, 1, 2, num_regions=3).eval()
     x1 = torch.randn(2, 4, 9, 10)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', torch.jit.TracerWarning)
         traced = torch.jit.trace(layer, (x1, ), check_trace=False)
+    assert not [w for w in caught if 'Python integer' in str(w.message)], [
+        f'{w.filename}:{w.lineno}' for w in caught]
+    with torch.no_grad():
         for x in (torch.randn(2, 4, 9, 10), torch.randn(3, 4, 12, 7)):
             torch.testing.assert_close(traced(x), layer(x), rtol=1e-5, atol=1e-5)
 

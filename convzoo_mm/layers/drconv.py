@@ -479,7 +479,8 @@ def region_conv(x: torch.Tensor, soft: torch.Tensor, region: torch.Tensor, coef:
 
 
 def drconv_naive(x: torch.Tensor, mask: torch.Tensor, filters: torch.Tensor, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, groups: int = 1) -> torch.Tensor:
+                 padding: int = 0, dilation: int = 1, groups: int = 1,
+                 kernel_size: Optional[int] = None) -> torch.Tensor:
     """All-m-regions form: every region's conv at every position, then the mask-weighted sum.
 
     Plain tensor ops (used for ONNX export and as the benchmark's naive reference); m times the
@@ -491,6 +492,8 @@ def drconv_naive(x: torch.Tensor, mask: torch.Tensor, filters: torch.Tensor, str
         x (Tensor): ``(N, C, H, W)``.
         mask (Tensor): ``(N, m, Ho, Wo)`` weights of the regions (one-hot, or the STE surrogate).
         filters (Tensor): ``(N, m, out, C/groups, k, k)``.
+        kernel_size (int, optional): ``k`` as a Python int (the layer's); while a graph is
+            recorded the filters' shape is a traced value. Default: read from ``filters``.
 
     Returns:
         Tensor: ``(N, out, Ho, Wo)`` = ``sum_r mask[:, r] * conv(x[n], filters[n, r])``.
@@ -501,8 +504,8 @@ def drconv_naive(x: torch.Tensor, mask: torch.Tensor, filters: torch.Tensor, str
     # group (n, g) holds the m*og filters of sample n, group g
     weight = filters.reshape(n, m, groups, og, cg * k * k).transpose(1, 2)
     if tracing():
-        # (shapes are traced values here; the kernel size is a constant of the layer)
-        cols = F.unfold(x, int(k), dilation, padding, stride).view(n, groups, cg * k * k, -1)
+        kk = kernel_size if kernel_size is not None else int(k)  # a constant of the layer
+        cols = F.unfold(x, kk, dilation, padding, stride).view(n, groups, cg * k * k, -1)
         y = (weight.reshape(n, groups, m * og, -1) @ cols).view(n, groups, m, og,
                                                                 *mask.shape[-2:])
     else:
@@ -729,7 +732,7 @@ class DRConv(LayerStateDict, nn.Module):
         soft = guide.softmax(1)
         mask = F.one_hot(guide.argmax(1), self.num_regions).permute(0, 3, 1, 2).to(x.dtype)
         out = drconv_naive(x, mask + soft - soft.detach(), self.filters(x), self.stride[0],
-                           self.padding[0], self.dilation[0], self.groups)
+                           self.padding[0], self.dilation[0], self.groups, self.kernel_size[0])
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1).to(out.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
