@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, eager, tracing
+from ..ops import cpu_kernels, crop, eager, tracing
 from ..registry import register
 from .checks import (check_choice, check_float, check_input, check_int, check_same_padding,
                      check_square, known_options)
@@ -163,17 +163,32 @@ def octave_pool(x: torch.Tensor) -> torch.Tensor:
     border window averages the pixels it covers): ``F.avg_pool2d(x, 2, 2, ceil_mode=True,
     count_include_pad=False)``. Even sizes take a faster path (strided views), except while
     a graph is recorded: there the size is symbolic and the one form serves every size."""
-    if tracing() or x.dim() != 4 or not _is_even(x):
+    if tracing():
+        return _pool_traced(x)
+    if x.dim() != 4 or not _is_even(x):
         return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
     if _eager_grad(x):
         return _PoolEven.apply(x)
     return _pool_even(x)
 
 
+def _pool_traced(x: torch.Tensor) -> torch.Tensor:
+    """:func:`octave_pool` for a graph with symbolic sizes: zero-pad odd sizes by one, 2x2
+    means, divided by the means of the padded ones (1 for whole windows, 1/2 or 1/4 where a
+    window was partial): the same numbers (the divisions by powers of two are exact), and no
+    ceil-mode output-size rule that ``torch.export`` would guard on."""
+    h, w = x.shape[-2:]
+    pad = (0, (w + 1) // 2 * 2 - w, 0, (h + 1) // 2 * 2 - h)  # (tighter bounds than size % 2)
+    ones = F.pad(torch.ones_like(x[:1, :1]), pad)
+    return F.avg_pool2d(F.pad(x, pad), 2, 2) / F.avg_pool2d(ones, 2, 2)
+
+
 def octave_upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Nearest x2 upsampling cropped to ``size`` (the inverse layout of :func:`octave_pool`)."""
     y = F.interpolate(x, scale_factor=2.0, mode='nearest')
-    if tracing() or y.shape[-2] != size[0] or y.shape[-1] != size[1]:  # (symbolic size)
+    if tracing():  # (symbolic size)
+        return crop(y, size)
+    if y.shape[-2] != size[0] or y.shape[-1] != size[1]:
         y = y[..., :size[0], :size[1]]
     return y
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, tracing
+from ..ops import cpu_kernels, crop, tracing
 from ..ops.cpu_kernels import depthwise_conv2d
 from ..registry import register
 from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
@@ -231,12 +231,23 @@ def _fused_ops():
 def _pad_even(x: torch.Tensor) -> torch.Tensor:
     """Zero-pad an odd height/width by one row/column at the bottom/right. While a graph is
     recorded the pad is always recorded (of ``size % 2``), so a ``jit.trace`` / TorchScript ONNX
-    graph serves both parities (``torch.export`` still guards on the example's parity: the
-    Haar reshape needs an even size it cannot prove)."""
+    graph serves both parities (``torch.export`` guards on the example's sizes for wavelets
+    other than Haar: the per-level pads and crops nest size expressions it cannot compare)."""
     h, w = x.shape[-2:]
     if tracing() or h % 2 or w % 2:
         x = F.pad(x, (0, w % 2, 0, h % 2))
     return x
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad height and width at the bottom/right up to multiples of ``multiple``.
+
+    For Haar levels this is the same as padding each level's odd size by one: a level's zero
+    pad is the zero tail of this one (Haar bands of zero 2x2 blocks are zero), so every band
+    equals the per-level one on its size, zero beyond."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, (w + multiple - 1) // multiple * multiple - w,
+                     0, (h + multiple - 1) // multiple * multiple - h))
 
 
 def _depthwise(x, weight, bias, dilation, kernel_size, stride=1):
@@ -444,8 +455,17 @@ class WTConv(LayerStateDict, nn.Module):
 
     def _wavelet_path(self, x: torch.Tensor, stride: int, base: torch.Tensor) -> torch.Tensor:
         """``base`` (the base conv's output) plus all levels' reconstructions, at the output size
-        (only the even pixels are formed when the Haar stride-2 shortcut applies)."""
-        if self.is_haar:
+        (only the even pixels are formed when the Haar stride-2 shortcut applies).
+
+        While a graph is recorded (export) the Haar levels run as convs on the input padded
+        once to a multiple of ``2**levels`` (:func:`pad_to_multiple`) and are cropped once at
+        the end: same values, and no per-level pad or crop whose nested size expressions
+        ``torch.export`` could not compare, so H and W stay symbolic. What the level convs
+        write into the padding reaches only pixels past each level's size, which the crops
+        drop."""
+        size = x.shape[-2:]
+        padded = self.is_haar and tracing()
+        if self.is_haar and not padded:
             analysis, synthesis = haar_analysis, haar_synthesis
         else:
             bank = self.wt_filter      # (4C, 1, L, L): no channel count taken from the input
@@ -455,8 +475,12 @@ class WTConv(LayerStateDict, nn.Module):
                 if ll_extra is not None:
                     bands = torch.cat([(bands[:, :, 0] + ll_extra).unsqueeze(2), bands[:, :, 1:]],
                                       dim=2)
-                out = wavelet_synthesis(bands, bank)[..., :size[0], :size[1]]
+                out = wavelet_synthesis(bands, bank)
+                if not padded:
+                    out = out[..., :size[0], :size[1]]
                 return out if add is None else add + out
+        if padded:  # (NCHW: mixed layouts make export compare symbolic strides)
+            x = pad_to_multiple(x.contiguous(), 2 ** self.wt_levels)
         filtered, shapes = [], []
         ll = x
         for i in range(self.wt_levels):
@@ -467,8 +491,17 @@ class WTConv(LayerStateDict, nn.Module):
         rec = None
         for i in reversed(range(self.wt_levels)):
             if i == 0 and stride == 2 and self.is_haar:
-                return base + haar_synthesis_even_pixels(filtered[0], rec)
-            rec = synthesis(filtered[i], rec, shapes[i], base if i == 0 and stride == 1 else None)
+                even = haar_synthesis_even_pixels(filtered[0], rec)
+                if padded:  # (base's layout: mixed layouts make export compare strides)
+                    even = crop(even, base.shape[-2:]).contiguous(
+                        memory_format=torch.channels_last)
+                return base + even
+            last = i == 0 and stride == 1 and not padded
+            rec = synthesis(filtered[i], rec, shapes[i], base if last else None)
+        if padded:
+            rec = crop(rec, size).contiguous(memory_format=torch.channels_last)
+            if stride == 1:
+                return base + rec
         return rec if stride == 1 else base + rec[..., ::stride, ::stride]
 
     def count_flops(self, input_shape) -> int:

@@ -16,3 +16,11 @@ def eager() -> bool:
     exporting or compiling, which record the plain tensor ops (the WTConv Triton path is a
     custom op under torch.compile and checks :func:`tracing` only)."""
     return not tracing() and not torch.compiler.is_compiling()
+
+
+def crop(x: torch.Tensor, size) -> torch.Tensor:
+    """``x[..., :size[0], :size[1]]`` (``size`` at most ``x``'s) written as a negative pad: its
+    output size is ``size`` by construction. A slice's needs ``size <= x.shape``, which
+    ``torch.export`` cannot prove for sizes rounded up by padding (e.g. ``h <= 2*((h+1)//2)``)
+    and would turn into a guard on the example's size."""
+    return torch.nn.functional.pad(x, (0, size[1] - x.shape[-1], 0, size[0] - x.shape[-2]))
