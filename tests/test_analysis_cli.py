@@ -219,7 +219,7 @@ def test_gpu_script_usage_errors_and_machine_without_cuda(tmp_path):
     def gpu(*args):
         return subprocess.run(['bash', os.path.join(ROOT, '.ci', 'gpu'), *map(str, args)],
                               capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, PYTHON=sys.executable))
+                              env=dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path)))
 
     proc = gpu()
     assert proc.returncode == 2 and '.ci/gpu OUT [STEP ...]' in proc.stdout

@@ -330,7 +330,8 @@ def test_octave_dropin_with_kernels_equals_without(case, monkeypatch):
 def test_matmul_equals_float64_product(monkeypatch):
     """``cpu_kernels.matmul`` (oneDNN for float32 outside autograd) equals the float64 product
     for 2-D and one-batch 3-D operands of any strides; many batches, float64 and operands
-    that need autograd take ``torch.matmul`` (still equal), and oneDNN runs only when it may."""
+    that need autograd, K = 0, mismatched batches and ``torch.backends.mkldnn.flags(enabled=
+    False)`` take ``torch.matmul`` (still equal), and oneDNN runs only when it may."""
     calls = []
     real = cpu_kernels._ONEDNN_LINEAR
     if real is not None:
@@ -352,6 +353,10 @@ def test_matmul_equals_float64_product(monkeypatch):
     check(a[1].t().contiguous().t(), b[1], True)  # column-major left operand
     check(a[:1], b[:1], True)
     check(a, b, False)  # several batches: torch.bmm
+    check(a[:1], b, False)  # one batch against several: broadcast by torch.matmul
+    check(a[0, :, :0], b[0][:0], False)  # K = 0: zeros
+    with torch.backends.mkldnn.flags(enabled=False):
+        check(a[0], b[0], False)
     check(a[0].double(), b[0].double(), False)
     x = a[0].clone().requires_grad_()
     out = check(x, b[0], False)

@@ -4,16 +4,20 @@ size or parity, and the exported program equals the eager module at other batche
 odd and even, down to the smallest size the layer supports symbolically.
 
 The smallest sizes: WTConv needs H, W > 2**levels (at 2**levels its deepest level is one pixel,
-and torch.export specializes size-1 dims); OctaveConv 4 (stride 2: 9, two poolings); DRConv its
-kernel's reach.
+and torch.export specializes size-1 dims) and > stride (two output pixels); OctaveConv 4
+(stride 2: 9, two poolings); DRConv its kernel's reach. Not covered: WTConv with an even kernel
+at stride > 1 (its base conv's asymmetric 'same' padding and subsampling guard) and wavelets
+other than Haar (per-level pads and crops).
 """
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.export import Dim, export
 
 from convzoo_mm.backbones.oct_resnet import OctResNet
 from convzoo_mm.backbones.wtconvnext import WTConvNeXt
 from convzoo_mm.layers import DRConv, OctaveConv, WTConv
+from convzoo_mm.layers.octconv import octave_pool
 
 
 def _random_weights(module, seed=0):
@@ -63,13 +67,15 @@ def _sizes(lo):
     dict(levels=3, stride=2),
     dict(levels=2, out=6, groups=2),              # in != out: the 1x1 after the depthwise part
     dict(levels=4, k=3, dilation=2),
+    dict(levels=1, stride=3),
+    dict(levels=2, k=3, stride=4, out=6, groups=2),
 ])
 def test_wtconv(kw):
-    levels = kw['levels']
-    layer = _random_weights(WTConv(4, kw.get('out', 4), kw.get('k', 5), kw.get('stride', 1),
+    levels, stride = kw['levels'], kw.get('stride', 1)
+    layer = _random_weights(WTConv(4, kw.get('out', 4), kw.get('k', 5), stride,
                                    groups=kw.get('groups', 4), dilation=kw.get('dilation', 1),
                                    wt_levels=levels))
-    lo = 2 ** levels + 1
+    lo = max(2 ** levels, stride) + 1
     program = export_dynamic(layer, 4, (lo + 20, lo + 31), lo)
     assert_equal_to_eager(program, layer, 4, _sizes(lo))
 
@@ -85,6 +91,17 @@ def test_octave_conv(kw, lo):
     layer = _random_weights(OctaveConv(8, 8, 3, **kw))
     program = export_dynamic(layer, 8, (31, 44), lo)
     assert_equal_to_eager(program, layer, 8, _sizes(lo))
+
+
+@pytest.mark.parametrize('shape', [(3, 5, 6), (2, 3, 6, 7)])
+def test_traced_octave_pool_equals_ceil_mode_pool(shape):
+    """The recorded form of ``octave_pool`` (pad, means, divided by the padded ones' means)
+    equals the ceil-mode average pool at every parity, for (C, H, W) and (N, C, H, W) maps."""
+    traced = torch.jit.trace(octave_pool, torch.randn(shape), check_trace=False)
+    for dh, dw in ((0, 0), (1, 0), (0, 1), (1, 1), (4, 7)):
+        x = torch.randn(*shape[:-2], shape[-2] + dh, shape[-1] + dw)
+        want = F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+        torch.testing.assert_close(traced(x), want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('generator', ['full', 'basis'])

@@ -397,7 +397,8 @@ class _RegionConv(torch.autograd.Function):
         grad_soft = x.new_empty(n, m, ho * wo) if need_soft else None  # all written
         grad_coef = torch.zeros_like(coef) if need_coef else None
         grad_bank = torch.zeros_like(bank) if need_bank else None
-        # per-sample buffers, reused (fresh multi-MB tensors per region cost page faults)
+        # per-sample buffers, reused (fresh multi-MB tensors per region cost page faults; the
+        # responses are not: oneDNN's matmul writes a fresh result, and is still faster)
         xp = cols = grad_cols = grad_xp = w_t = gw_t = None
         for i in range(n):
             xp = pad_nhwc(x[i:i + 1], padding, xp)

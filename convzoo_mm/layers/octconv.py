@@ -179,7 +179,7 @@ def _pool_traced(x: torch.Tensor) -> torch.Tensor:
     ceil-mode output-size rule that ``torch.export`` would guard on."""
     h, w = x.shape[-2:]
     pad = (0, (w + 1) // 2 * 2 - w, 0, (h + 1) // 2 * 2 - h)  # (tighter bounds than size % 2)
-    ones = F.pad(torch.ones_like(x[:1, :1]), pad)
+    ones = F.pad(x.new_ones((1, ) * (x.dim() - 2) + (h, w)), pad)
     return F.avg_pool2d(F.pad(x, pad), 2, 2) / F.avg_pool2d(ones, 2, 2)
 
 

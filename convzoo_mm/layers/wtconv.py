@@ -457,14 +457,15 @@ class WTConv(LayerStateDict, nn.Module):
         """``base`` (the base conv's output) plus all levels' reconstructions, at the output size
         (only the even pixels are formed when the Haar stride-2 shortcut applies).
 
-        While a graph is recorded (export) the Haar levels run as convs on the input padded
-        once to a multiple of ``2**levels`` (:func:`pad_to_multiple`) and are cropped once at
-        the end: same values, and no per-level pad or crop whose nested size expressions
+        Under ``torch.export`` the Haar levels run as convs on the input padded once to a
+        multiple of ``2**levels`` (:func:`pad_to_multiple`) and are cropped once at the end:
+        same values, and no per-level pad or crop whose nested size expressions
         ``torch.export`` could not compare, so H and W stay symbolic. What the level convs
         write into the padding reaches only pixels past each level's size, which the crops
-        drop."""
+        drop. (``jit.trace`` / TorchScript ONNX graphs keep the per-level form: their sizes
+        need no proofs, and the padded levels would cost up to ~30% more level pixels.)"""
         size = x.shape[-2:]
-        padded = self.is_haar and tracing()
+        padded = self.is_haar and torch.compiler.is_exporting()
         if self.is_haar and not padded:
             analysis, synthesis = haar_analysis, haar_synthesis
         else:
@@ -492,16 +493,17 @@ class WTConv(LayerStateDict, nn.Module):
         for i in reversed(range(self.wt_levels)):
             if i == 0 and stride == 2 and self.is_haar:
                 even = haar_synthesis_even_pixels(filtered[0], rec)
-                if padded:  # (base's layout: mixed layouts make export compare strides)
+                if padded:
                     even = crop(even, base.shape[-2:]).contiguous(
                         memory_format=torch.channels_last)
                 return base + even
             last = i == 0 and stride == 1 and not padded
             rec = synthesis(filtered[i], rec, shapes[i], base if last else None)
-        if padded:
-            rec = crop(rec, size).contiguous(memory_format=torch.channels_last)
-            if stride == 1:
-                return base + rec
+        if padded:  # (in base's layout: mixed layouts make export compare symbolic strides)
+            rec = crop(rec, size)
+            if stride > 1:
+                rec = crop(rec[..., ::stride, ::stride], base.shape[-2:])
+            return base + rec.contiguous(memory_format=torch.channels_last)
         return rec if stride == 1 else base + rec[..., ::stride, ::stride]
 
     def count_flops(self, input_shape) -> int:

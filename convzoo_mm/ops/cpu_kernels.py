@@ -121,11 +121,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     strides: through oneDNN for float32 CPU tensors outside autograd (G = 1 when batched), else
     ``torch.matmul``. For the layers' custom autograd Functions, whose forward and backward run
     without autograd."""
-    if (_ONEDNN_LINEAR is None or a.dtype != torch.float32 or b.dtype != torch.float32
+    if (_ONEDNN_LINEAR is None or not torch.backends.mkldnn.is_available()
+            or not torch._C._get_mkldnn_enabled()
+            or a.dtype != torch.float32 or b.dtype != torch.float32
             or a.device.type != 'cpu' or b.device.type != 'cpu' or not eager()
             or torch.is_autocast_enabled('cpu')
             or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
-            or (a.dim() == 3 and a.shape[0] != 1) or a.dim() not in (2, 3)):
+            or a.dim() not in (2, 3) or b.dim() != a.dim() or a.shape[-1] == 0
+            or (a.dim() == 3 and (a.shape[0] != 1 or b.shape[0] != 1))):
         return torch.matmul(a, b)
     if a.dim() == 3:
         return _ONEDNN_LINEAR(a[0], b[0].t(), None, 'none', [], '').unsqueeze(0)
