@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, crop, eager, tracing
+from ..ops import cpu_kernels, crop, eager, pad_to_multiple, tracing
 from ..registry import register
 from .checks import (check_choice, check_float, check_input, check_int, check_same_padding,
                      check_square, known_options)
@@ -177,10 +177,8 @@ def _pool_traced(x: torch.Tensor) -> torch.Tensor:
     means, divided by the means of the padded ones (1 for whole windows, 1/2 or 1/4 where a
     window was partial): the same numbers (the divisions by powers of two are exact), and no
     ceil-mode output-size rule that ``torch.export`` would guard on."""
-    h, w = x.shape[-2:]
-    pad = (0, (w + 1) // 2 * 2 - w, 0, (h + 1) // 2 * 2 - h)  # (tighter bounds than size % 2)
-    ones = F.pad(x.new_ones((1, ) * (x.dim() - 2) + (h, w)), pad)
-    return F.avg_pool2d(F.pad(x, pad), 2, 2) / F.avg_pool2d(ones, 2, 2)
+    ones = pad_to_multiple(x.new_ones((1, ) * (x.dim() - 2) + tuple(x.shape[-2:])), 2)
+    return F.avg_pool2d(pad_to_multiple(x, 2), 2, 2) / F.avg_pool2d(ones, 2, 2)
 
 
 def octave_upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

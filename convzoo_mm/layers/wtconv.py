@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, crop, tracing
+from ..ops import cpu_kernels, crop, pad_to_multiple, tracing
 from ..ops.cpu_kernels import depthwise_conv2d
 from ..registry import register
 from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
@@ -234,20 +234,7 @@ def _pad_even(x: torch.Tensor) -> torch.Tensor:
     graph serves both parities (``torch.export`` guards on the example's sizes for wavelets
     other than Haar: the per-level pads and crops nest size expressions it cannot compare)."""
     h, w = x.shape[-2:]
-    if tracing() or h % 2 or w % 2:
-        x = F.pad(x, (0, w % 2, 0, h % 2))
-    return x
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad height and width at the bottom/right up to multiples of ``multiple``.
-
-    For Haar levels this is the same as padding each level's odd size by one: a level's zero
-    pad is the zero tail of this one (Haar bands of zero 2x2 blocks are zero), so every band
-    equals the per-level one on its size, zero beyond."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, (w + multiple - 1) // multiple * multiple - w,
-                     0, (h + multiple - 1) // multiple * multiple - h))
+    return pad_to_multiple(x, 2) if tracing() or h % 2 or w % 2 else x
 
 
 def _depthwise(x, weight, bias, dilation, kernel_size, stride=1):
@@ -458,8 +445,10 @@ class WTConv(LayerStateDict, nn.Module):
         (only the even pixels are formed when the Haar stride-2 shortcut applies).
 
         Under ``torch.export`` the Haar levels run as convs on the input padded once to a
-        multiple of ``2**levels`` (:func:`pad_to_multiple`) and are cropped once at the end:
-        same values, and no per-level pad or crop whose nested size expressions
+        multiple of ``2**levels`` (:func:`~convzoo_mm.ops.pad_to_multiple`) and are cropped
+        once at the end: same values (a level's zero pad is the zero tail of this one: Haar
+        bands of zero 2x2 blocks are zero), and no per-level pad or crop whose nested size
+        expressions
         ``torch.export`` could not compare, so H and W stay symbolic. What the level convs
         write into the padding reaches only pixels past each level's size, which the crops
         drop. (``jit.trace`` / TorchScript ONNX graphs keep the per-level form: their sizes

@@ -24,3 +24,12 @@ def crop(x: torch.Tensor, size) -> torch.Tensor:
     ``torch.export`` cannot prove for sizes rounded up by padding (e.g. ``h <= 2*((h+1)//2)``)
     and would turn into a guard on the example's size."""
     return torch.nn.functional.pad(x, (0, size[1] - x.shape[-1], 0, size[0] - x.shape[-2]))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad height and width at the bottom/right up to multiples of ``multiple``. The
+    amounts are written as ``ceil(size / multiple) * multiple - size``, whose bounds
+    ``torch.export`` can derive (those of ``size % multiple`` it cannot)."""
+    h, w = x.shape[-2:]
+    return torch.nn.functional.pad(x, (0, (w + multiple - 1) // multiple * multiple - w,
+                                       0, (h + multiple - 1) // multiple * multiple - h))

@@ -121,8 +121,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     strides: through oneDNN for float32 CPU tensors outside autograd (G = 1 when batched), else
     ``torch.matmul``. For the layers' custom autograd Functions, whose forward and backward run
     without autograd."""
-    if (_ONEDNN_LINEAR is None or not torch.backends.mkldnn.is_available()
-            or not torch._C._get_mkldnn_enabled()
+    if (_ONEDNN_LINEAR is None or not torch.backends.mkldnn.enabled
             or a.dtype != torch.float32 or b.dtype != torch.float32
             or a.device.type != 'cpu' or b.device.type != 'cpu' or not eager()
             or torch.is_autocast_enabled('cpu')
