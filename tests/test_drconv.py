@@ -83,6 +83,8 @@ CASES = [  # in, out, k, stride, padding, dilation, groups, m, H, W
     (4, 4, 1, 1, 0, 1, 4, 5, 5, 6),
     (5, 3, 3, 3, 0, 2, 1, 1, 12, 15),
     (2, 2, 3, 1, 1, 1, 1, 16, 4, 5),
+    (16, 8, 3, 1, 1, 1, 8, 8, 6, 7),  # one output channel per group, filters built (B = k*k)
+    (12, 4, 1, 1, 0, 1, 4, 4, 5, 6),
 ]
 GENS = ['full', 'basis']
 

@@ -433,7 +433,7 @@ class _RegionConv(torch.autograd.Function):
                         gw = torch.bmm(cols_r, g_r)  # (g, K, og)
                         gw = gw.transpose(0, 1).reshape(w_t.shape)
                     if tapwise:  # adjoint of coef.t() @ bank
-                        gw = gw.view(coef.shape[-1], -1)
+                        gw = gw.reshape(coef.shape[-1], -1)  # a copy when og = 1
                         if need_coef:
                             grad_coef[i, r] = bank[r] @ gw.t()
                         if need_bank:
