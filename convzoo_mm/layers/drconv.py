@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, tracing
+from ..ops import cpu_kernels, owned, tracing
 from ..registry import register
 from .checks import (check_choice, check_divides, check_input, check_int, check_square,
                      known_options)
@@ -373,7 +373,7 @@ class _RegionConv(torch.autograd.Function):
             out = _forward_per_sample(x, region, coef, bank, meta, m)
         ctx.save_for_backward(x, region, coef, bank)
         ctx.meta, ctx.m = meta, m
-        return out
+        return owned(out)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, crop, eager, pad_to_multiple, tracing
+from ..ops import cpu_kernels, crop, eager, owned, pad_to_multiple, tracing
 from ..registry import register
 from .checks import (check_choice, check_float, check_input, check_int, check_same_padding,
                      check_square, known_options)
@@ -515,7 +515,7 @@ class _FusedOctaveConv(torch.autograd.Function):
         if stride != 1:
             x_h = x_l = None  # the backward needs only their shapes
         ctx.save_for_backward(x_h, x_l, weight, p, q)
-        return y_h if y_l is None else (y_h, y_l)
+        return owned(y_h) if y_l is None else (owned(y_h), owned(y_l))
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, crop, pad_to_multiple, tracing
+from ..ops import cpu_kernels, crop, owned, pad_to_multiple, tracing
 from ..ops.cpu_kernels import depthwise_conv2d
 from ..registry import register
 from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
@@ -180,7 +180,7 @@ class _HaarSynthesis(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, ll_extra, size, add):
         ctx.has_extra, ctx.has_add = ll_extra is not None, add is not None
-        return _haar_synthesis(y, ll_extra, size, add)
+        return owned(_haar_synthesis(y, ll_extra, size, add))  # the layer's output
 
     @staticmethod
     def backward(ctx, grad):

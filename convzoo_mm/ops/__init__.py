@@ -33,3 +33,11 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     return torch.nn.functional.pad(x, (0, (w + multiple - 1) // multiple * multiple - w,
                                        0, (h + multiple - 1) // multiple * multiple - h))
+
+
+def owned(t: torch.Tensor) -> torch.Tensor:
+    """A custom autograd Function's output as a tensor of its own, same memory. Our Functions
+    often return a permuted view of a buffer they wrote (NHWC written, NCHW returned); autograd
+    forbids in-place ops on a view made inside a Function, so ``y.relu_()`` or ``y += identity``
+    after the layer would fail. ``detach()`` drops the view relation, not the memory."""
+    return t.detach()
