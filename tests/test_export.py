@@ -18,6 +18,7 @@ onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 
 import convzoo_mm  # noqa: E402,F401  (registers the layers with mmcv / mmdet)
+from mmengine.model import revert_sync_batchnorm  # noqa: E402
 from convzoo_mm.backbones.oct_resnet import OctResNet  # noqa: E402
 from convzoo_mm.backbones.wtconvnext import WTConvNeXt  # noqa: E402
 from convzoo_mm.layers.drconv import DRConv  # noqa: E402
@@ -91,9 +92,10 @@ def _perturb(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm)):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
             if isinstance(m, WTConv):
@@ -211,11 +213,20 @@ DEPTHS = [14, pytest.param(50, marks=pytest.mark.slow)]
 WIDTH = {14: 8, 50: 16}  # 50: the thin demo R50 of configs/demo
 
 
-@pytest.mark.parametrize('depth', DEPTHS)
-def test_oct_resnet_backbone(depth):
+@pytest.mark.parametrize('depth,norm', [(14, 'BN'), pytest.param(50, 'BN', marks=pytest.mark.slow),
+                                        (14, 'GN'), (14, 'SyncBN')])
+def test_oct_resnet_backbone(depth, norm):
+    """BN runs per branch as F.batch_norm on channel slices; GN and SyncBN (reverted to a
+    plain ``_BatchNormXd`` as mm's tools do on CPU) as the module called with its state
+    sliced, which must also trace."""
     torch.manual_seed(0)
-    model = _perturb(_OctResNet14(depth=depth, alpha=0.5, stem_channels=WIDTH[depth],
-                                  base_channels=WIDTH[depth]))
+    norm_cfg = dict(type='GN', num_groups=2) if norm == 'GN' else dict(type=norm)
+    model = revert_sync_batchnorm(_OctResNet14(
+        depth=depth, alpha=0.5, stem_channels=WIDTH[depth], base_channels=WIDTH[depth],
+        norm_cfg=norm_cfg))
+    norms = [type(m) for m in model.modules() if 'Norm' in type(m).__name__]
+    assert norms and all((t is torch.nn.BatchNorm2d) == (norm == 'BN') for t in norms)
+    model = _perturb(model)
     graph, (run, *_) = export_and_run(model, (torch.randn(1, 3, 61, 75),))
     assert len(run) == 4
     assert _count(graph, 'AveragePool') > 0 and _count(graph, 'Resize') > 0

@@ -512,7 +512,7 @@ def test_split_rule():
 # ------------------------------------------------------------------ norm per branch
 @pytest.mark.parametrize('cls', [nn.BatchNorm2d, nn.SyncBatchNorm])
 def test_octave_norm_equals_separate_batchnorms(cls):
-    """BN (sliced F.batch_norm) and SyncBN (sliced functional_call; single process, so it
+    """BN (sliced F.batch_norm) and SyncBN (called with sliced state; single process, so it
     normalises like BN) against two separate BatchNorm2d modules."""
     bn = cls(10, momentum=0.3)
     with torch.no_grad():
@@ -536,7 +536,7 @@ def test_octave_norm_equals_separate_batchnorms(cls):
 
 
 def test_octave_norm_generic_module_path():
-    """GroupNorm goes through the sliced functional_call path: per-branch GN."""
+    """GroupNorm is called with its state sliced: per-branch GN."""
     gn = nn.GroupNorm(2, 8)
     with torch.no_grad():
         gn.weight.uniform_(0.5, 2)

@@ -714,28 +714,30 @@ def _branch_batch_norm(bn: nn.modules.batchnorm._BatchNorm, xs: Sequence[torch.T
 
 def _sliced_module(norm: nn.Module, x: torch.Tensor, sl: slice, count: bool) -> torch.Tensor:
     """Any channel-wise norm (SyncBN, GN, ...): call the module with its parameters and buffers
-    replaced by channel slices (views, so running-stat updates reach the real buffers)."""
-    from torch.func import functional_call
-    state = {}
-    for name, t in list(norm.named_parameters(recurse=False)) + list(
-            norm.named_buffers(recurse=False)):
-        if t is None:
-            continue
-        if t.dim() >= 1 and t.shape[0] > 1:
-            state[name] = t[sl]
-        elif name == 'num_batches_tracked' and not count:
-            state[name] = t.clone()  # count the step once, on the first branch
-        else:
-            state[name] = t
-    if hasattr(norm, 'num_features'):
-        # keep e.g. SyncBN's channel check consistent with the slice
-        old = norm.num_features
-        norm.num_features = x.shape[1]
-        try:
-            return functional_call(norm, state, (x,))
-        finally:
-            norm.num_features = old
-    return functional_call(norm, state, (x,))
+    replaced by channel slices for the call (views, so running-stat updates reach the real
+    buffers). Swapped by hand: ``torch.func.functional_call`` refuses to run under
+    ``torch.jit.trace`` (ONNX export, FLOP counting)."""
+    swapped = []
+    old_features = getattr(norm, 'num_features', None)
+    try:
+        for store in (norm._parameters, norm._buffers):
+            for name, t in list(store.items()):
+                if t is not None and t.dim() >= 1 and t.shape[0] > 1:
+                    piece = t[sl]
+                elif name == 'num_batches_tracked' and not count:
+                    piece = t.clone()  # count the step once, on the first branch
+                else:
+                    continue
+                swapped.append((store, name, t))
+                store[name] = piece
+        if old_features is not None:  # keep e.g. SyncBN's channel check consistent
+            norm.num_features = x.shape[1]
+        return norm(x)
+    finally:
+        for store, name, t in swapped:
+            store[name] = t
+        if old_features is not None:
+            norm.num_features = old_features
 
 
 def octave_norm(norm: nn.Module, x: OctTensor) -> OctTensor:
@@ -745,8 +747,7 @@ def octave_norm(norm: nn.Module, x: OctTensor) -> OctTensor:
     parameters/buffers of channels ``[:C_h]`` and ``[C_h:]``: so ONE norm module of the plain
     layer's width serves both branches and plain checkpoints load with the same names.
     ``nn.BatchNorm2d`` runs through ``F.batch_norm`` on channel splits; other norms (SyncBN,
-    GN) through ``torch.func.functional_call`` with sliced state (GN then needs its groups to
-    divide each branch).
+    GN) are called with their state sliced (GN then needs its groups to divide each branch).
     """
     if isinstance(x, torch.Tensor):
         return norm(x)
