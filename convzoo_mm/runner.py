@@ -14,15 +14,19 @@ from typing import List, Optional
 SCOPE_TO_PACKAGE = {'mmdet': 'mmdet', 'mmseg': 'mmseg'}
 
 
-def config_scope(config: str) -> str:
-    """Return the ``default_scope`` of a config file (``mmdet`` or ``mmseg``)."""
-    from mmengine.config import Config
-    if not os.path.isfile(config):
-        raise FileNotFoundError(f'config file not found: {config}')
-    scope = Config.fromfile(config).get('default_scope')
+def config_scope(config) -> str:
+    """The ``default_scope`` (``mmdet`` or ``mmseg``) of a config: a file path or a loaded
+    mmengine ``Config``."""
+    if isinstance(config, str):
+        from mmengine.config import Config
+        if not os.path.isfile(config):
+            raise FileNotFoundError(f'config file not found: {config}')
+        config = Config.fromfile(config)
+    scope = config.get('default_scope')
     if scope not in SCOPE_TO_PACKAGE:
-        raise ValueError(f'{config}: default_scope must be one of {sorted(SCOPE_TO_PACKAGE)} '
-                         f'to pick mmdet or mmseg tools, got {scope!r}')
+        raise ValueError(f'{config.filename}: default_scope must be one of '
+                         f'{sorted(SCOPE_TO_PACKAGE)} (an mmdet detector or an mmseg '
+                         f'segmentor), got {scope!r}')
     return scope
 
 
@@ -38,12 +42,38 @@ def mm_tool_path(scope: str, tool: str) -> str:
     return path
 
 
+CONFIG_EXTENSIONS = ('.py', '.json', '.yaml', '.yml')
+
+
+def find_config(argv: List[str]) -> str:
+    """The CONFIG among a tool's arguments: the first one that is not an option (nor an option's
+    ``k=v`` value) and ends like a config file (.py, .json, .yaml, .yml). mm's tools parse
+    with argparse, so options may come before it (``--work-dir DIR CONFIG``)."""
+    for arg in argv:
+        if not arg.startswith('-') and '=' not in arg and arg.endswith(CONFIG_EXTENSIONS):
+            return arg
+    raise ValueError(f'no CONFIG among the arguments {argv}: expected a config file ending in '
+                     f'{", ".join(CONFIG_EXTENSIONS)}')
+
+
+def tool_scope(argv: List[str], prog: str) -> str:
+    """For our tools' ``__main__``: :func:`config_scope` of the CONFIG in ``argv``, or exit with
+    argparse's ``prog: error: ...`` (status 2) when there is none, it is missing or its scope
+    is not mmdet/mmseg."""
+    try:
+        return config_scope(find_config(argv))
+    except (FileNotFoundError, ValueError) as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        raise SystemExit(2)
+
+
 def run_mm_tool(tool: str, argv: List[str], scope: Optional[str] = None) -> None:
-    """Execute mmdet/mmseg ``tools/<tool>.py`` in this process with ``argv`` (config first)."""
+    """Execute mmdet/mmseg ``tools/<tool>.py`` in this process with ``argv`` (the arguments as
+    the mm tool takes them; the config's ``default_scope`` picks mmdet or mmseg)."""
     if not argv or argv[0] in ('-h', '--help'):
         scope = scope or 'mmdet'
     else:
-        scope = scope or config_scope(argv[0])
+        scope = scope or config_scope(find_config(argv))
     path = mm_tool_path(scope, tool)
     old_argv = sys.argv
     sys.argv = [path] + list(argv)

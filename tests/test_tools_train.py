@@ -32,7 +32,8 @@ def test_det_train_checkpoint_resume_and_test(demo_data, tmp_path):
     # checkpoints load with weights_only=True (no code executed) and hold the WTConv weights
     assert any('wavelet_convs' in k for k in first['state_dict'])
 
-    proc = run_tool('train.py', DET, '--work-dir', work, '--resume', '--cfg-options',
+    # options may come before CONFIG, as with mm's own argparse tools
+    proc = run_tool('train.py', '--work-dir', work, DET, '--resume', '--cfg-options',
                     *DET_SMALL, 'train_cfg.max_epochs=3')
     assert 'resumed epoch: 2' in (proc.stdout + proc.stderr).replace('Resumed', 'resumed')
     third = _load(os.path.join(work, 'epoch_3.pth'))
@@ -72,6 +73,51 @@ def test_tools_help():
     for tool in ('train.py', 'test.py', 'run_demo.py'):
         proc = run_tool(tool, '--help')
         assert 'usage' in proc.stdout.lower()
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--work-dir', 'w'], 'no CONFIG among the arguments'),
+    (['--work-dir', 'w', 'nope.py'], 'config file not found: nope.py'),
+    (['--work-dir', 'w', '{tmp}/plain.py'], 'default_scope must be one of'),
+])
+def test_train_tool_bad_config_is_a_usage_error(args, message, tmp_path):
+    import subprocess
+    (tmp_path / 'plain.py').write_text('model = dict(type="X")\n')  # no default_scope
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train.py'), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert 'tools/train.py: error: ' in proc.stderr and message in proc.stderr
+
+
+def test_find_config_skips_options_and_values():
+    from convzoo_mm.runner import find_config
+    assert find_config(['--work-dir', 'w', '--cfg-options', 'a=b.py', 'c.py', 'd.py']) == 'c.py'
+    assert find_config(['x.yaml', '--resume']) == 'x.yaml'
+
+
+@pytest.mark.parametrize('env,expected', [
+    (dict(PYTHON='/opt/py/bin/python3'), '/opt/py/bin/python3'),
+    (dict(VIRTUAL_ENV='/some/env'), 'python'),
+    (dict(CONDA_PREFIX='/conda'), 'python'),
+    (dict(VENV='{venv}'), '{venv}/bin/python'),
+    (dict(VENV='/does/not/exist'), 'python'),
+])
+def test_launch_scripts_pick_the_interpreter(env, expected, tmp_path):
+    """tools/pick_python.sh (sourced by dist_launch.sh and slurm_train.sh): PYTHON, else the
+    active env's python, else the set-up's venv when it exists, else python."""
+    import subprocess
+    venv = tmp_path / 'venv'
+    (venv / 'bin').mkdir(parents=True)
+    (venv / 'bin' / 'python').write_text('#!/bin/sh\n')
+    (venv / 'bin' / 'python').chmod(0o755)
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ('PYTHON', 'VIRTUAL_ENV', 'CONDA_PREFIX', 'VENV')}
+    clean.update({k: v.format(venv=venv) for k, v in env.items()})
+    proc = subprocess.run(['bash', '-c', f'DIR={tmp_path}; source {ROOT}/tools/pick_python.sh; '
+                           'echo "$PY"'], env=clean, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == expected.format(venv=venv)
 
 
 def test_dist_train_two_processes_gloo(demo_data, tmp_path):

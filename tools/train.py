@@ -10,10 +10,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from convzoo_mm.runner import run_mm_tool  # noqa: E402
+from convzoo_mm.runner import run_mm_tool, tool_scope  # noqa: E402
 
 if __name__ == '__main__':
     if len(sys.argv) < 2 or sys.argv[1] in ('-h', '--help'):
         print(__doc__)
         sys.exit(0 if len(sys.argv) > 1 else 2)
-    run_mm_tool('train', sys.argv[1:])
+    run_mm_tool('train', sys.argv[1:], tool_scope(sys.argv[1:], 'tools/train.py'))

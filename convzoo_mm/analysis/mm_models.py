@@ -11,6 +11,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..runner import SCOPE_TO_PACKAGE, config_scope
+
 __all__ = ['load_config', 'config_scope', 'build_model', 'backbone_from_config', 'dummy_batch',
            'forward_for_analysis', 'fixed_roi_supported', 'forward_fixed_rois',
            'model_complexity']
@@ -19,7 +21,7 @@ __all__ = ['load_config', 'config_scope', 'build_model', 'backbone_from_config',
 #: stage, mask heads on the first 100 of them per stage (the FLOPs papers of that era quote)
 PAPER_ROIS, PAPER_MASK_ROIS = 1000, 100
 
-SCOPES = ('mmdet', 'mmseg')
+SCOPES = tuple(SCOPE_TO_PACKAGE)
 
 
 def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None):
@@ -31,14 +33,6 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None):
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
-
-
-def config_scope(cfg) -> str:
-    scope = cfg.get('default_scope')
-    if scope not in SCOPES:
-        raise ValueError(f'{cfg.filename}: default_scope must be one of {list(SCOPES)} (mmdet '
-                         f'detector or mmseg segmentor), got {scope!r}')
-    return scope
 
 
 def build_model(cfg, checkpoint: Optional[str] = None, device: str = 'cpu') -> nn.Module:
