@@ -246,3 +246,25 @@ def test_cli_help_and_errors(tmp_path):
     torch.save(src, tmp_path / 'bad.pth')
     with pytest.raises(AssertionError, match='pre_logits'):
         run_tool('convert_wtconvnext.py', tmp_path / 'bad.pth', tmp_path / 'o.pth')
+
+
+def test_documented_convert_commands_write_what_the_configs_load():
+    """Every ``convert_wtconvnext.py SRC DST`` command for WTConvNeXt weights in README.md,
+    docs/ and the configs' comments writes a DST that some config loads as its checkpoint (the
+    ConvNeXt baselines load mmpretrain's checkpoint by URL; converting theirs is optional)."""
+    import glob
+    import re
+    from tests.utils import ROOT
+    texts = [os.path.join(ROOT, 'README.md')] + glob.glob(os.path.join(ROOT, 'docs', '*.md'))
+    configs = glob.glob(os.path.join(ROOT, 'configs', 'wtconvnext', '*.py'))
+    loaded = set()
+    for path in configs:
+        loaded |= set(re.findall(r"^[^#\n]*'(checkpoints/[^']+\.pth)'", open(path).read(), re.M))
+    commands = []
+    for path in texts + configs:
+        text = open(path).read().replace('\\\n', ' ')
+        commands += re.findall(r'convert_wtconvnext\.py\s+[^\s]+\s+(?:#\s*)?(checkpoints/\S+\.pth)',
+                               text.replace('\n#', ' '))
+    commands = [c for c in commands if c.startswith('checkpoints/wtconvnext-')]
+    assert loaded and len(commands) >= 3
+    assert set(commands) <= loaded, set(commands) - loaded
