@@ -339,12 +339,26 @@ def test_init_gives_kaiming_scaled_filters(gen):
     (dict(num_bases=2), 'num_bases'),
     (dict(generator='basis', num_bases=0), 'num_bases'),
     (dict(bias='yes'), 'bias'),
+    (dict(bias='auto'), 'bias must be one of'),
+    (dict(padding='same', stride=2), "padding='same' needs stride=1"),
+    (dict(padding='same', kernel_size=2), "padding='same' needs.*even dilation"),
+    (dict(padding='valid'), 'padding'),
 ])
 def test_bad_arguments_raise_value_error(kwargs, word):
     args = dict(in_channels=4, out_channels=4, kernel_size=3, num_regions=4)
     args.update(kwargs)
     with pytest.raises(ValueError, match=word):
         DRConv(**args)
+
+
+@pytest.mark.parametrize('k,d', [(3, 1), (5, 2), (2, 2)])
+def test_same_padding_is_the_symmetric_int_padding(k, d):
+    """padding='same' (as nn.Conv2d at stride 1) keeps the size and equals the int padding."""
+    same, plain = make(4, 6, k, 1, 'same', d), make(4, 6, k, 1, d * (k - 1) // 2, d)
+    assert same.padding == plain.padding == (d * (k - 1) // 2,) * 2
+    x = torch.randn(2, 4, 9, 7, dtype=torch.double)
+    assert same(x).shape == (2, 6, 9, 7)
+    torch.testing.assert_close(same(x), plain(x), rtol=0, atol=0)
 
 
 def test_bad_inputs_raise_value_error():

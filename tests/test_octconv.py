@@ -463,7 +463,8 @@ def test_plain_checkpoint_loads_and_names():
     (dict(groups=3), 'groups'), (dict(groups=4, alpha_in=0.25), 'groups'),
     (dict(groups=8, alpha_in=0.5, alpha_out=0.25), 'alpha_out'),
     (dict(in_channels=0), 'in_channels'), (dict(out_channels=2.0), 'out_channels'),
-    (dict(split='yes'), 'split'), (dict(dilation=0), 'dilation')])
+    (dict(split='yes'), 'split'), (dict(dilation=0), 'dilation'),
+    (dict(in_channels=1), r'use alpha_in=0 \(one channel cannot be split\)$')])
 def test_bad_arguments(kwargs, word):
     args = dict(in_channels=8, out_channels=8, kernel_size=3)
     args.update(kwargs)

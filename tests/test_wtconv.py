@@ -219,7 +219,16 @@ BAD_ARGS = [
     (dict(padding=0), 'padding'),
     (dict(padding='valid'), 'padding'),
     (dict(kernel_size=4, padding=2), 'padding'),
+    (dict(bias='auto'), r"bias must be one of \[True, False\], got 'auto'"),
+    (dict(bias=None), 'bias must be one of'),
 ]
+
+
+def test_padding_mode_of_conv_module_is_named_in_the_error():
+    """ConvModule with padding_mode='reflect' pads by itself and passes padding=0."""
+    from mmcv.cnn import ConvModule
+    with pytest.raises(ValueError, match="padding=0 is not supported.*padding_mode='zeros'"):
+        ConvModule(4, 8, 3, padding=1, padding_mode='reflect', conv_cfg=dict(type='WTConv'))
 
 
 @pytest.mark.parametrize('kwargs,match', BAD_ARGS)

@@ -103,9 +103,12 @@ def check_same_padding(padding: Union[None, str, int, Tuple[int, int]], kernel_s
     if isinstance(padding, int) and not isinstance(padding, bool) and before == after == padding:
         return
     allowed = "None or 'same'" + ('' if before != after else f' or {before}')
+    hint = ('' if padding != 0 else " (mmcv's ConvModule passes padding=0 and pads by itself "
+            "when padding_mode is not 'zeros'; this layer zero-pads inside, so use "
+            "padding_mode='zeros')")
     raise ValueError(
         f'padding={padding!r} is not supported: this layer always pads to keep the size '
-        f'(kernel_size={kernel_size}, dilation={dilation}); use padding={allowed}')
+        f'(kernel_size={kernel_size}, dilation={dilation}); use padding={allowed}{hint}')
 
 
 def check_input(x: Any, channels: int, layer: str) -> None:

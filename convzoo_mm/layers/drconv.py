@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from ..ops import cpu_kernels, owned, tracing
 from ..registry import register
 from .checks import (check_choice, check_divides, check_input, check_int, check_square,
-                     known_options)
+                     known_options, same_padding)
 from .state_dict import LayerStateDict
 
 __all__ = ['DRConv', 'conv_output_size', 'materialize_filters', 'im2col_t', 'region_conv',
@@ -577,7 +577,8 @@ class DRConv(LayerStateDict, nn.Module):
         out_channels (int): output channels.
         kernel_size (int | tuple[int, int]): k (square).
         stride (int | tuple): square stride. Default: 1.
-        padding (int | tuple): square zero padding. Default: 0.
+        padding (int | tuple | str): square zero padding, or 'same' (stride 1, odd
+            dilation * (kernel_size - 1) + 1). Default: 0.
         dilation (int | tuple): square dilation. Default: 1.
         groups (int): must divide in and out channels. Default: 1.
         bias (bool): learnable output bias. Default: True.
@@ -603,13 +604,20 @@ class DRConv(LayerStateDict, nn.Module):
         self.out_channels = check_int('out_channels', out_channels)
         k = check_square('kernel_size', kernel_size)
         s = check_square('stride', stride)
-        p = check_square('padding', padding, min_value=0)
         d = check_square('dilation', dilation)
+        if padding == 'same':  # as nn.Conv2d: stride 1; symmetric only (one int padding)
+            before, after = same_padding(k, d)
+            if s != 1 or before != after:
+                raise ValueError(
+                    f"padding='same' needs stride=1 and an even dilation * (kernel_size - 1) "
+                    f"(a symmetric pad), got stride={s}, kernel_size={k}, dilation={d}; pass "
+                    f"an int padding")
+            padding = before
+        p = check_square('padding', padding, min_value=0)
         self.groups = check_int('groups', groups)
         check_divides('in_channels', in_channels, 'groups', groups)
         check_divides('out_channels', out_channels, 'groups', groups)
-        if not isinstance(bias, bool):
-            raise ValueError(f'bias must be a bool, got {bias!r}')
+        check_choice('bias', bias, [True, False])
         self.num_regions = m = check_int('num_regions', num_regions)
         self.generator = check_choice('generator', generator, ['full', 'basis'])
         self.kernel_size, self.stride = (k, k), (s, s)

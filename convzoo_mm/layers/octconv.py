@@ -75,10 +75,12 @@ def check_split(name: str, alpha: float, channels: int, where: str = '') -> Tupl
     empty (``where`` says which channels, e.g. for a backbone's stage)."""
     high, low = split_channels(channels, alpha)
     if alpha > 0 and (low == 0 or high == 0):
+        use = (f'{name}=0 (one channel cannot be split)' if channels == 1 else
+               f'{name}=0 or {name} in [{1 / channels:.4g}, {(channels - 1) / channels:.4g}]')
         raise ValueError(
             f'{name}={alpha} splits {channels} channels{where} into high={high}, low={low} '
             f'(low = round({name} * channels)); both branches need at least one channel: use '
-            f'{name}=0 or {name} in [{1 / channels:.4g}, {(channels - 1) / channels:.4g}]')
+            f'{use}')
     return high, low
 
 

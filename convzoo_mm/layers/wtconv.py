@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from ..ops import cpu_kernels, crop, owned, pad_to_multiple, tracing
 from ..ops.cpu_kernels import depthwise_conv2d
 from ..registry import register
-from .checks import (check_divides, check_input, check_int, check_same_padding, check_square,
-                     known_options, same_padding)
+from .checks import (check_choice, check_divides, check_input, check_int, check_same_padding,
+                     check_square, known_options, same_padding)
 from .state_dict import LayerStateDict
 
 __all__ = ['WTConv', 'wavelet_filter_bank', 'wavelet_analysis', 'wavelet_synthesis',
@@ -320,6 +320,7 @@ class WTConv(LayerStateDict, nn.Module):
         check_divides('in_channels', in_channels, 'groups', groups)
         check_divides('out_channels', out_channels, 'groups', groups)
         check_same_padding(padding, k, d)
+        check_choice('bias', bias, [True, False])
         self.wt_levels = check_int('wt_levels', wt_levels, 0)
         bank, rec = wavelet_filter_bank(wt_type, torch.float64)  # cast to the input's dtype at use
         self.wt_type = wt_type
