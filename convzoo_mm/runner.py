@@ -17,11 +17,11 @@ SCOPE_TO_PACKAGE = {'mmdet': 'mmdet', 'mmseg': 'mmseg'}
 def config_scope(config) -> str:
     """The ``default_scope`` (``mmdet`` or ``mmseg``) of a config: a file path or a loaded
     mmengine ``Config``."""
-    if isinstance(config, str):
+    if isinstance(config, (str, os.PathLike)):
         from mmengine.config import Config
         if not os.path.isfile(config):
             raise FileNotFoundError(f'config file not found: {config}')
-        config = Config.fromfile(config)
+        config = Config.fromfile(os.fspath(config))
     scope = config.get('default_scope')
     if scope not in SCOPE_TO_PACKAGE:
         raise ValueError(f'{config.filename}: default_scope must be one of '
@@ -46,11 +46,16 @@ CONFIG_EXTENSIONS = ('.py', '.json', '.yaml', '.yml')
 
 
 def find_config(argv: List[str]) -> str:
-    """The CONFIG among a tool's arguments: the first one that is not an option (nor an option's
-    ``k=v`` value) and ends like a config file (.py, .json, .yaml, .yml). mm's tools parse
-    with argparse, so options may come before it (``--work-dir DIR CONFIG``)."""
+    """The CONFIG among a tool's arguments: the first one that ends like a config file (.py,
+    .json, .yaml, .yml) and is neither an option nor one of the ``k=v`` values after
+    ``--cfg-options`` (which take every argument up to the next option, as in argparse;
+    ``--cfg-options=k=v`` takes just its own). mm's
+    tools parse with argparse, so options may come before it (``--work-dir DIR CONFIG``)."""
+    in_cfg_options = False
     for arg in argv:
-        if not arg.startswith('-') and '=' not in arg and arg.endswith(CONFIG_EXTENSIONS):
+        if arg.startswith('-'):
+            in_cfg_options = arg in ('--cfg-options', '--options')  # not '--cfg-options=k=v'
+        elif not in_cfg_options and arg.endswith(CONFIG_EXTENSIONS):
             return arg
     raise ValueError(f'no CONFIG among the arguments {argv}: expected a config file ending in '
                      f'{", ".join(CONFIG_EXTENSIONS)}')

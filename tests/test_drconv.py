@@ -339,7 +339,7 @@ def test_init_gives_kaiming_scaled_filters(gen):
     (dict(num_bases=2), 'num_bases'),
     (dict(generator='basis', num_bases=0), 'num_bases'),
     (dict(bias='yes'), 'bias'),
-    (dict(bias='auto'), 'bias must be one of'),
+    (dict(bias='auto'), 'bias must be True or False'), (dict(bias=1), 'bias'),
     (dict(padding='same', stride=2), "padding='same' needs stride=1"),
     (dict(padding='same', kernel_size=2), "padding='same' needs.*even dilation"),
     (dict(padding='valid'), 'padding'),

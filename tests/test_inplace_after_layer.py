@@ -10,6 +10,7 @@ import torch
 from mmcv.cnn import ConvModule
 
 from convzoo_mm.layers import DRConv, OctaveConv, WTConv
+from convzoo_mm.layers.wtconv import haar_analysis, haar_synthesis
 from convzoo_mm.ops import cpu_kernels
 from convzoo_mm.ops import haar_wtconv as fused_ops
 
@@ -106,3 +107,26 @@ def test_conv_module_inplace_relu_without_norm(name):
     module.activate.inplace = False
     module(x).square().sum().backward()
     torch.testing.assert_close(x.grad, expected)
+
+
+@pytest.mark.parametrize('cpp', [True, False], ids=['cpp-kernels', 'pytorch'])
+def test_inplace_op_on_public_haar_transforms(cpp, monkeypatch):
+    """The public Haar transforms (custom Functions too) take in-place ops on their outputs."""
+    if not cpp:
+        monkeypatch.setattr(cpu_kernels, 'AVAILABLE', False)
+    elif not cpu_kernels.AVAILABLE:
+        pytest.skip('C++ extension not built')
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 10, dtype=torch.float64)
+    w = torch.randn(2, 3, 7, 10, dtype=torch.float64)
+    grads = []
+    for inplace in (False, True):
+        xi = x.clone().requires_grad_()
+        bands = haar_analysis(xi)
+        bands = bands.mul_(2) if inplace else bands * 2
+        y = haar_synthesis(bands, size=(7, 10))
+        y = y.relu_() if inplace else y.relu()
+        (y * w).sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads[0], 2 * w * (2 * x > 0))  # synthesis inverts analysis

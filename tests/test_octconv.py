@@ -511,25 +511,34 @@ def test_split_rule():
 
 
 # ------------------------------------------------------------------ norm per branch
-@pytest.mark.parametrize('cls', [nn.BatchNorm2d, nn.SyncBatchNorm])
-def test_octave_norm_equals_separate_batchnorms(cls):
-    """BN (sliced F.batch_norm) and SyncBN (called with sliced state; single process, so it
-    normalises like BN) against two separate BatchNorm2d modules."""
-    bn = cls(10, momentum=0.3)
+def _batch_norm_xd():
+    from mmengine.model.utils import _BatchNormXd  # what revert_sync_batchnorm makes of SyncBN
+    return _BatchNormXd
+
+
+@pytest.mark.parametrize('momentum', [0.3, None])  # None: cumulative average, 1 / steps
+@pytest.mark.parametrize('cls', [nn.BatchNorm2d, nn.SyncBatchNorm, 'xd'])
+def test_octave_norm_equals_separate_batchnorms(cls, momentum):
+    """BN (sliced F.batch_norm), SyncBN (called with sliced state; single process, so it
+    normalises like BN) and mmengine's reverted SyncBN against two separate BatchNorm2d
+    modules: outputs, running statistics, step count."""
+    cls = _batch_norm_xd() if cls == 'xd' else cls
+    bn = cls(10, momentum=momentum)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 2)
         bn.bias.uniform_(-1, 1)
-    bh, bl = nn.BatchNorm2d(6, momentum=0.3), nn.BatchNorm2d(4, momentum=0.3)
+    bh, bl = nn.BatchNorm2d(6, momentum=momentum), nn.BatchNorm2d(4, momentum=momentum)
     for b, sl in ((bh, slice(0, 6)), (bl, slice(6, 10))):
         b.load_state_dict({k: (v[sl] if v.dim() else v) for k, v in bn.state_dict().items()})
     xh, xl = torch.randn(3, 6, 9, 7) * 2 + 1, torch.randn(3, 4, 5, 4) - 1
-    for _ in range(2):
-        yh, yl = octave_norm(bn, (xh, xl))
-        torch.testing.assert_close(yh, bh(xh))
-        torch.testing.assert_close(yl, bl(xl))
+    for step in range(3):  # different statistics per step, so the averaging factor matters
+        xh_s, xl_s = xh * (step + 1), xl - step
+        yh, yl = octave_norm(bn, (xh_s, xl_s))
+        torch.testing.assert_close(yh, bh(xh_s))
+        torch.testing.assert_close(yl, bl(xl_s))
     torch.testing.assert_close(bn.running_mean, torch.cat([bh.running_mean, bl.running_mean]))
     torch.testing.assert_close(bn.running_var, torch.cat([bh.running_var, bl.running_var]))
-    assert int(bn.num_batches_tracked) == 2
+    assert int(bn.num_batches_tracked) == int(bl.num_batches_tracked) == 3
     bn.eval(), bh.eval(), bl.eval()
     yh, yl = octave_norm(bn, (xh, xl))
     torch.testing.assert_close(yh, bh(xh))

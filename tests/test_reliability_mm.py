@@ -90,8 +90,8 @@ def no_flip(pipeline):
 
 def dist_train(config, nproc, work_dir, *args):
     """``tools/dist_train.sh CONFIG NPROC`` (torchrun, gloo on CPU)."""
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), OMP_NUM_THREADS='1',
-               PYTHONPATH=ROOT)
+    env = dict(os.environ, CONVZOO_PYTHON=sys.executable, PORT=str(free_port()),
+               OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
     proc = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'dist_train.sh'), config,
                            str(nproc), '--work-dir', work_dir, *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -92,32 +92,43 @@ def test_train_tool_bad_config_is_a_usage_error(args, message, tmp_path):
 
 
 def test_find_config_skips_options_and_values():
-    from convzoo_mm.runner import find_config
-    assert find_config(['--work-dir', 'w', '--cfg-options', 'a=b.py', 'c.py', 'd.py']) == 'c.py'
+    from pathlib import Path
+
+    from convzoo_mm.runner import config_scope, find_config
+    assert config_scope(Path(ROOT) / SEG) == 'mmseg'  # paths as str or os.PathLike
+    assert find_config(['--work-dir', 'w', 'c.py', '--cfg-options', 'a=b.py', 'd.py']) == 'c.py'
+    with pytest.raises(ValueError, match='no CONFIG'):  # argparse gives both to --cfg-options
+        find_config(['--work-dir', 'w', '--cfg-options', 'a=b.py', 'c.py'])
     assert find_config(['x.yaml', '--resume']) == 'x.yaml'
+    assert find_config(['runs/lr=0.01/cfg.py', '--cfg-options', 'a=1']) == 'runs/lr=0.01/cfg.py'
+    assert find_config(['--resume', 'ckpt.pth', '--cfg-options=a=b.py', 'c.py']) == 'c.py'
 
 
 @pytest.mark.parametrize('env,expected', [
-    (dict(PYTHON='/opt/py/bin/python3'), '/opt/py/bin/python3'),
-    (dict(VIRTUAL_ENV='/some/env'), 'python'),
-    (dict(CONDA_PREFIX='/conda'), 'python'),
-    (dict(VENV='{venv}'), '{venv}/bin/python'),
-    (dict(VENV='/does/not/exist'), 'python'),
+    (dict(CONVZOO_PYTHON='/opt/py/bin/python3', VIRTUAL_ENV='{venv}'), '/opt/py/bin/python3'),
+    (dict(VIRTUAL_ENV='{venv}', VENV='{other}'), '{venv}/bin/python'),
+    (dict(VENV='{venv}', CONDA_PREFIX='{other}'), '{venv}/bin/python'),
+    (dict(), '{root}/.venv/bin/python'),  # DIR's .venv, as setup_env.sh makes it
+    (dict(VENV='/does/not/exist', CONDA_PREFIX='{other}'), '{other}/bin/python'),
+    (dict(VENV='/does/not/exist', PYTHON='python3.11'), 'python'),  # setup_env's PYTHON
 ])
 def test_launch_scripts_pick_the_interpreter(env, expected, tmp_path):
-    """tools/pick_python.sh (sourced by dist_launch.sh and slurm_train.sh): PYTHON, else the
-    active env's python, else the set-up's venv when it exists, else python."""
+    """tools/pick_python.sh (sourced by dist_launch.sh and slurm_train.sh): CONVZOO_PYTHON, else
+    the activated virtualenv's python, else the set-up's venv when it exists, else the conda
+    env's, else python."""
     import subprocess
-    venv = tmp_path / 'venv'
-    (venv / 'bin').mkdir(parents=True)
-    (venv / 'bin' / 'python').write_text('#!/bin/sh\n')
-    (venv / 'bin' / 'python').chmod(0o755)
+    names = dict(venv=tmp_path / 'venv', other=tmp_path / 'other', root=tmp_path / 'root')
+    for name in ('venv', 'other', 'root/.venv'):
+        (tmp_path / name / 'bin').mkdir(parents=True)
+        (tmp_path / name / 'bin' / 'python').write_text('#!/bin/sh\n')
+        (tmp_path / name / 'bin' / 'python').chmod(0o755)
     clean = {k: v for k, v in os.environ.items()
-             if k not in ('PYTHON', 'VIRTUAL_ENV', 'CONDA_PREFIX', 'VENV')}
-    clean.update({k: v.format(venv=venv) for k, v in env.items()})
-    proc = subprocess.run(['bash', '-c', f'DIR={tmp_path}; source {ROOT}/tools/pick_python.sh; '
-                           'echo "$PY"'], env=clean, capture_output=True, text=True, check=True)
-    assert proc.stdout.strip() == expected.format(venv=venv)
+             if k not in ('CONVZOO_PYTHON', 'PYTHON', 'VIRTUAL_ENV', 'CONDA_PREFIX', 'VENV')}
+    clean.update({k: v.format(**names) for k, v in env.items()})
+    script = f'DIR={names["root"]}; source {ROOT}/tools/pick_python.sh; echo "$PY"'
+    proc = subprocess.run(['bash', '-c', script], env=clean, capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout.strip() == expected.format(**names)
 
 
 def test_dist_train_two_processes_gloo(demo_data, tmp_path):
@@ -125,8 +136,8 @@ def test_dist_train_two_processes_gloo(demo_data, tmp_path):
     mmengine shims): both ranks train, rank 0 saves a checkpoint of the run's iteration."""
     import subprocess
     work = str(tmp_path / 'dist')
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), OMP_NUM_THREADS='1',
-               PYTHONPATH=ROOT)
+    env = dict(os.environ, CONVZOO_PYTHON=sys.executable, PORT=str(free_port()),
+               OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
     proc = subprocess.run(
         ['bash', os.path.join(ROOT, 'tools', 'dist_train.sh'), SEG, '2', '--work-dir', work,
          '--cfg-options', 'train_cfg.max_iters=2',

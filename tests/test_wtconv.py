@@ -219,8 +219,8 @@ BAD_ARGS = [
     (dict(padding=0), 'padding'),
     (dict(padding='valid'), 'padding'),
     (dict(kernel_size=4, padding=2), 'padding'),
-    (dict(bias='auto'), r"bias must be one of \[True, False\], got 'auto'"),
-    (dict(bias=None), 'bias must be one of'),
+    (dict(bias='auto'), "bias must be True or False, got 'auto'"),
+    (dict(bias=None), 'bias must be True or False'), (dict(bias=1), 'bias must be True or False'),
 ]
 
 

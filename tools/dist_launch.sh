@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # torchrun launcher shared by dist_train.sh / dist_test.sh:
 #   bash tools/dist_launch.sh TOOL NPROC [TOOL arguments...]   (TOOL: train.py or test.py)
-# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT on every node. Interpreter: PYTHON,
-# else the active env's python, else .venv's (tools/pick_python.sh). Backend: the config's
-# (NCCL) on GPUs; without CUDA, gloo (convzoo_mm patches mmengine 0.10.7's launcher, which
-# assumed CUDA; SyncBN needs GPUs).
+# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT on every node. Interpreter:
+# CONVZOO_PYTHON, else the active env's, else .venv's (tools/pick_python.sh). Backend: the
+# config's (NCCL) on GPUs; without CUDA, gloo (convzoo_mm patches mmengine 0.10.7's launcher,
+# which assumed CUDA; SyncBN needs GPUs).
 set -euo pipefail
 if [ $# -lt 3 ]; then sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2; fi
 TOOL=$1; NPROC=$2; shift 2

@@ -2,8 +2,8 @@
 # Training on a slurm cluster (one task per GPU, mm's slurm launcher).
 #   bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py options...]
 # Environment: GPUS (total, default 8), GPUS_PER_NODE (default 8), CPUS_PER_TASK (default 5),
-# SRUN_ARGS (extra srun arguments); interpreter as in tools/pick_python.sh (PYTHON, the active
-# env's, .venv's).
+# SRUN_ARGS (extra srun arguments); interpreter as in tools/pick_python.sh (CONVZOO_PYTHON, the
+# active env's, .venv's).
 set -euo pipefail
 if [ $# -lt 4 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; case "${1:-}" in -h|--help) exit 0;; *) exit 2;; esac

@@ -80,6 +80,13 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is ``True`` or ``False`` (not 1, 'auto' or None), else raise."""
+    if not isinstance(value, bool):
+        raise ValueError(f'{name} must be True or False, got {value!r}')
+    return value
+
+
 def check_divides(name: str, value: int, divisor_name: str, divisor: int) -> None:
     if divisor <= 0 or value % divisor:
         raise ValueError(f'{divisor_name}={divisor} must divide {name}={value}')
@@ -104,8 +111,8 @@ def check_same_padding(padding: Union[None, str, int, Tuple[int, int]], kernel_s
         return
     allowed = "None or 'same'" + ('' if before != after else f' or {before}')
     hint = ('' if padding != 0 else " (mmcv's ConvModule passes padding=0 and pads by itself "
-            "when padding_mode is not 'zeros'; this layer zero-pads inside, so use "
-            "padding_mode='zeros')")
+            "for a padding_mode other than 'zeros' and 'circular'; this layer zero-pads "
+            "inside, so use padding_mode='zeros')")
     raise ValueError(
         f'padding={padding!r} is not supported: this layer always pads to keep the size '
         f'(kernel_size={kernel_size}, dilation={dilation}); use padding={allowed}{hint}')

@@ -52,8 +52,8 @@ import torch.nn.functional as F
 
 from ..ops import cpu_kernels, owned, tracing
 from ..registry import register
-from .checks import (check_choice, check_divides, check_input, check_int, check_square,
-                     known_options, same_padding)
+from .checks import (check_bool, check_choice, check_divides, check_input, check_int,
+                     check_square, known_options, same_padding)
 from .state_dict import LayerStateDict
 
 __all__ = ['DRConv', 'conv_output_size', 'materialize_filters', 'im2col_t', 'region_conv',
@@ -617,7 +617,7 @@ class DRConv(LayerStateDict, nn.Module):
         self.groups = check_int('groups', groups)
         check_divides('in_channels', in_channels, 'groups', groups)
         check_divides('out_channels', out_channels, 'groups', groups)
-        check_choice('bias', bias, [True, False])
+        check_bool('bias', bias)
         self.num_regions = m = check_int('num_regions', num_regions)
         self.generator = check_choice('generator', generator, ['full', 'basis'])
         self.kernel_size, self.stride = (k, k), (s, s)

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 
 from ..ops import cpu_kernels, crop, eager, owned, pad_to_multiple, tracing
 from ..registry import register
-from .checks import (check_choice, check_float, check_input, check_int, check_same_padding,
-                     check_square, known_options)
+from .checks import (check_bool, check_choice, check_float, check_input, check_int,
+                     check_same_padding, check_square, known_options)
 from .state_dict import LayerStateDict
 
 __all__ = ['OctaveConv', 'OctaveConvModule', 'split_channels', 'check_split', 'half_size',
@@ -714,11 +714,13 @@ def _branch_batch_norm(bn: nn.modules.batchnorm._BatchNorm, xs: Sequence[torch.T
         pieces(bn.bias)))
 
 
-def _sliced_module(norm: nn.Module, x: torch.Tensor, sl: slice, count: bool) -> torch.Tensor:
+def _sliced_module(norm: nn.Module, x: torch.Tensor, sl: slice,
+                   tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Any channel-wise norm (SyncBN, GN, ...): call the module with its parameters and buffers
     replaced by channel slices for the call (views, so running-stat updates reach the real
-    buffers). Swapped by hand: ``torch.func.functional_call`` refuses to run under
-    ``torch.jit.trace`` (ONNX export, FLOP counting)."""
+    buffers), and its step count by ``tracked`` if given. Swapped by hand:
+    ``torch.func.functional_call`` refuses to run under ``torch.jit.trace`` (ONNX export, FLOP
+    counting)."""
     swapped = []
     old_features = getattr(norm, 'num_features', None)
     try:
@@ -726,8 +728,8 @@ def _sliced_module(norm: nn.Module, x: torch.Tensor, sl: slice, count: bool) -> 
             for name, t in list(store.items()):
                 if t is not None and t.dim() >= 1 and t.shape[0] > 1:
                     piece = t[sl]
-                elif name == 'num_batches_tracked' and not count:
-                    piece = t.clone()  # count the step once, on the first branch
+                elif name == 'num_batches_tracked' and tracked is not None:
+                    piece = tracked
                 else:
                     continue
                 swapped.append((store, name, t))
@@ -758,7 +760,11 @@ def octave_norm(norm: nn.Module, x: OctTensor) -> OctTensor:
     x_h, x_l = x
     c_h = x_h.shape[1]
     sl_h, sl_l = slice(0, c_h), slice(c_h, c_h + x_l.shape[1])
-    return _sliced_module(norm, x_h, sl_h, True), _sliced_module(norm, x_l, sl_l, False)
+    # the step is counted once, on the high branch; the low branch gets the count from before
+    # it (a copy), so both use the same cumulative-average factor when momentum is None
+    count = getattr(norm, 'num_batches_tracked', None)
+    before = None if count is None else count.clone()
+    return _sliced_module(norm, x_h, sl_h), _sliced_module(norm, x_l, sl_l, before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -808,8 +814,8 @@ class OctaveConv(LayerStateDict, nn.Module):
         d = check_square('dilation', dilation)
         check_same_padding(padding, k, d)
         groups = check_int('groups', groups)
-        check_choice('bias', bias, [True, False])
-        check_choice('split', split, [True, False])
+        check_bool('bias', bias)
+        check_bool('split', split)
         alpha_in = check_float('alpha_in', alpha_in, 0.0, 1.0)
         alpha_out = check_float('alpha_out', alpha_out, 0.0, 1.0)
         in_split = check_split('alpha_in', alpha_in, in_channels)

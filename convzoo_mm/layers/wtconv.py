@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..ops import cpu_kernels, crop, owned, pad_to_multiple, tracing
 from ..ops.cpu_kernels import depthwise_conv2d
 from ..registry import register
-from .checks import (check_choice, check_divides, check_input, check_int, check_same_padding,
+from .checks import (check_bool, check_divides, check_input, check_int, check_same_padding,
                      check_square, known_options, same_padding)
 from .state_dict import LayerStateDict
 
@@ -166,7 +166,7 @@ class _HaarAnalysis(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.size = x.shape[-2:]
-        return _haar_analysis(x)
+        return owned(_haar_analysis(x))  # public (haar_analysis): a tensor of its own
 
     @staticmethod
     def backward(ctx, grad):
@@ -180,7 +180,7 @@ class _HaarSynthesis(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, ll_extra, size, add):
         ctx.has_extra, ctx.has_add = ll_extra is not None, add is not None
-        return owned(_haar_synthesis(y, ll_extra, size, add))  # the layer's output
+        return owned(_haar_synthesis(y, ll_extra, size, add))  # the layer's output too
 
     @staticmethod
     def backward(ctx, grad):
@@ -320,7 +320,7 @@ class WTConv(LayerStateDict, nn.Module):
         check_divides('in_channels', in_channels, 'groups', groups)
         check_divides('out_channels', out_channels, 'groups', groups)
         check_same_padding(padding, k, d)
-        check_choice('bias', bias, [True, False])
+        check_bool('bias', bias)
         self.wt_levels = check_int('wt_levels', wt_levels, 0)
         bank, rec = wavelet_filter_bank(wt_type, torch.float64)  # cast to the input's dtype at use
         self.wt_type = wt_type
