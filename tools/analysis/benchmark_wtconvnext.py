@@ -72,8 +72,8 @@ def main(argv=None):
         WTConvNeXt(arch=args.arch, conv_type=ct, in_channels=args.shape[1]).to(args.device),
         images, autocast=dtype, compile=compile_cfg) for name, ct in names.items()}
     baseline = f'ConvNeXt-{args.arch}'
-    # the peak-memory pass would not see a compiled step: its dispatch-mode tracker runs the
-    # model eagerly on CPU, and CUDA graphs allocate nothing new when they replay
+    # no peak-memory pass for compiled steps: CUDA graphs allocate nothing new when they
+    # replay, so the peak would not be the step's
     rows = compare_steps(steps, baseline, args.repeats, args.warmup, args.device,
                          measure_memory=not args.no_memory and compile_cfg is None,
                          log=lambda s: print(s, file=sys.stderr))
