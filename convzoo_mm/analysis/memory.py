@@ -10,6 +10,9 @@ autograd engine, C++ extensions such as ``convzoo_mm._C``, inductor's kernels), 
 tensors that existed before the call, their views or in-place results. Not counted: library
 scratch space that bypasses PyTorch's allocator (e.g. oneDNN workspaces) and Python objects.
 """
+import contextlib
+import os
+import sys
 from typing import Any, Callable, Tuple
 
 import torch
@@ -17,10 +20,32 @@ import torch
 __all__ = ['peak_memory']
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 to /dev/null: the profiler's C++ side logs a 'USDT ... profiler_start'
+    / 'profiler_stop' line per measurement, which no setting turns off."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_peak(fn: Callable[[], Any]) -> Tuple[int, Any]:
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _stderr_silenced():  # only the profiler's start and stop, not fn's own messages
+        prof.__enter__()
+    try:
         result = fn()
+    finally:
+        with _stderr_silenced():
+            prof.__exit__(None, None, None)
     cpu = torch._C._autograd.DeviceType.CPU
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == '[memory]' and e.device_type() == cpu)
