@@ -81,3 +81,30 @@ def test_backbone_whose_train_returns_none():
     torch.manual_seed(0)
     erf = compute_erf(Backbone(3, 2, 3, padding=1), smooth_random_images(1, 9))
     assert erf.shape == (9, 9) and erf[4, 4] > 0
+
+
+SPEC = "dict(type='WTConvNeXt', arch=dict(depths=(1, 1, 1, 1), channels=(8, 16, 16, 16)))"
+
+
+def test_inline_backbone_spec_takes_cfg_options_and_detector_checkpoints(tmp_path):
+    """erf.py's inline backbone spec: --cfg-options under model.backbone. apply to it, and a
+    detector's checkpoint (keys under backbone.) loads into it; a checkpoint with none of its
+    keys is an error, not a silent initialisation."""
+    from convzoo_mm.analysis.mm_models import backbone_from_config
+    plain = backbone_from_config(SPEC)
+    scaled = backbone_from_config(SPEC, cfg_options={'model.backbone.layer_scale_init_value': 7.0})
+    gammas = [p for n, p in scaled.named_parameters() if n.endswith('gamma')]
+    assert gammas and all(torch.all(g == 7.0) for g in gammas)
+    assert not any(torch.all(p == 7.0) for n, p in plain.named_parameters() if n.endswith('gamma'))
+    with pytest.raises(ValueError, match='model.backbone.'):
+        backbone_from_config(SPEC, cfg_options={'model.neck.out_channels': 4})
+
+    detector = {'state_dict': {**{'backbone.' + k: v for k, v in scaled.state_dict().items()},
+                               'neck.conv.weight': torch.zeros(1)}}
+    torch.save(detector, tmp_path / 'det.pth')
+    loaded = backbone_from_config(SPEC, checkpoint=str(tmp_path / 'det.pth'))
+    for (name, a), b in zip(loaded.state_dict().items(), scaled.state_dict().values()):
+        assert torch.equal(a, b), name
+    torch.save({'state_dict': {'head.fc.weight': torch.zeros(1)}}, tmp_path / 'other.pth')
+    with pytest.raises(ValueError, match='none of its 1 entries'):
+        backbone_from_config(SPEC, checkpoint=str(tmp_path / 'other.pth'))

@@ -15,7 +15,7 @@ from ..runner import SCOPE_TO_PACKAGE, config_scope
 
 __all__ = ['load_config', 'config_scope', 'build_model', 'backbone_from_config', 'dummy_batch',
            'forward_for_analysis', 'fixed_roi_supported', 'forward_fixed_rois',
-           'model_complexity']
+           'model_complexity', 'load_weights']
 
 #: the mmdet 2.x ``get_flops`` convention (``forward_dummy``): bbox heads on 1000 proposals per
 #: stage, mask heads on the first 100 of them per stage (the FLOPs papers of that era quote)
@@ -51,8 +51,7 @@ def build_model(cfg, checkpoint: Optional[str] = None, device: str = 'cpu') -> n
     model = registry.build(model_cfg)
     model = revert_sync_batchnorm(model)
     if checkpoint:
-        from mmengine.runner import load_checkpoint
-        load_checkpoint(model, checkpoint, map_location='cpu')
+        load_weights(model, checkpoint)
     elif hasattr(model, 'init_weights'):
         try:
             _quiet_init(model)
@@ -62,6 +61,26 @@ def build_model(cfg, checkpoint: Optional[str] = None, device: str = 'cpu') -> n
     model.to(device)
     model.eval()  # not chained: mmdet/mmseg ResNet.train() returns None
     return model
+
+
+def load_weights(model: nn.Module, checkpoint: str, strip_prefix: Optional[str] = None) -> None:
+    """Load ``checkpoint`` into ``model`` like mmengine's ``load_checkpoint`` (non-strict, a DDP
+    ``module.`` prefix removed), taking only the entries under ``strip_prefix`` when the
+    checkpoint has any (e.g. a detector's ``backbone.`` for its backbone). ValueError when no
+    entry names a parameter or buffer of ``model``: a wrong file would otherwise leave the
+    model as initialised, with only a warning."""
+    from mmengine.runner import CheckpointLoader, load_state_dict
+    state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    state = state.get('state_dict', state)
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    if strip_prefix and any(k.startswith(strip_prefix) for k in state):
+        state = {k[len(strip_prefix):]: v for k, v in state.items() if k.startswith(strip_prefix)}
+    own = model.state_dict()
+    if not any(k in own for k in state):
+        raise ValueError(f'{checkpoint}: none of its {len(state)} entries (e.g. '
+                         f'{next(iter(state), None)!r}) is a parameter or buffer of '
+                         f'{type(model).__name__} (e.g. {next(iter(own), None)!r})')
+    load_state_dict(model, state, strict=False)
 
 
 def _quiet_init(model: nn.Module) -> None:
@@ -246,10 +265,13 @@ def model_complexity(cfg, shape: Sequence[int], max_depth: int = 3,
     return result
 
 
-def build_backbone_spec(spec: str) -> nn.Module:
+def build_backbone_spec(spec: str, cfg_options: Optional[Dict[str, Any]] = None) -> nn.Module:
     """Build a backbone from an inline spec ``"dict(type='WTConvNeXt', arch='tiny')"`` (a
-    ``_scope_`` key picks mmdet/mmseg, default mmdet), initialised, in eval mode."""
+    ``_scope_`` key picks mmdet/mmseg, default mmdet), initialised, in eval mode.
+    ``cfg_options`` as for a config, with keys under ``model.backbone.``."""
     import ast
+
+    from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
     def value(node):  # literals and nested dict(...) calls, nothing else
@@ -265,6 +287,14 @@ def build_backbone_spec(spec: str) -> nn.Module:
     if not (isinstance(tree, ast.Call) and getattr(tree.func, 'id', None) == 'dict'):
         raise ValueError(f"a backbone spec must look like dict(type='...', ...), got {spec!r}")
     cfg = value(tree)
+    if cfg_options:
+        wrong = [k for k in cfg_options if not k.startswith('model.backbone.')]
+        if wrong:
+            raise ValueError(f'with an inline backbone spec, --cfg-options keys must start with '
+                             f'model.backbone., got {wrong}')
+        merged = Config(dict(model=dict(backbone=cfg)))
+        merged.merge_from_dict(cfg_options)
+        cfg = merged.model.backbone.to_dict()
     scope = cfg.pop('_scope_', 'mmdet')
     if scope not in SCOPES:
         raise ValueError(f'_scope_ must be one of {list(SCOPES)}, got {scope!r}')
@@ -284,10 +314,9 @@ def backbone_from_config(path: str, checkpoint: Optional[str] = None,
     if given, else its initialisation), in eval mode. ``path`` may also be an inline backbone
     spec ``"dict(type=..., ...)"`` (see :func:`build_backbone_spec`)."""
     if not os.path.isfile(path) and path.strip().startswith('dict('):
-        model = build_backbone_spec(path)
-        if checkpoint:
-            from mmengine.runner import load_checkpoint
-            load_checkpoint(model, checkpoint, map_location='cpu')
+        model = build_backbone_spec(path, cfg_options)
+        if checkpoint:  # a backbone's own checkpoint, or a detector's/segmentor's
+            load_weights(model, checkpoint, strip_prefix='backbone.')
         return model
     model = build_model(load_config(path, cfg_options), checkpoint)
     return model.backbone if hasattr(model, 'backbone') else model
