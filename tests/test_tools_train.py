@@ -148,3 +148,48 @@ def test_dist_train_two_processes_gloo(demo_data, tmp_path):
     log = open(glob.glob(os.path.join(work, '*', '*.log'))[0]).read()
     assert 'Distributed training: True' in log and 'GPU number: 2' in log   # 2 processes
     assert _load(os.path.join(work, 'iter_2.pth'))['meta']['iter'] == 2
+
+
+@pytest.mark.parametrize('task', ['det', 'seg'])
+def test_demo_data_root_options_point_every_dataset_at_it(task, tmp_path):
+    """run_demo --data-root: the configs read data/demo; data_root_options make every split
+    (and the COCO evaluators) read the data generated elsewhere."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from convzoo_mm.demo.data import make_demo_data
+    from convzoo_mm.demo.run import data_root_options
+    root = str(tmp_path / 'elsewhere')
+    make_demo_data(root, num_train=3, num_val=2, verbose=False)
+    config = os.path.join(ROOT, DEMO_CONFIGS[task])
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(dict(o.split('=', 1) for o in data_root_options(task, root)))
+    scope = cfg.default_scope
+    __import__(f'{scope}.utils', fromlist=['x']).register_all_modules(init_default_scope=False)
+    init_default_scope(scope)
+    datasets = __import__(f'{scope}.registry', fromlist=['DATASETS']).DATASETS
+    for split, count in (('train', 3), ('val', 2), ('test', 2)):
+        ds = datasets.build(cfg[f'{split}_dataloader'].dataset)
+        assert len(ds) == count, split
+        assert ds.get_data_info(0)['img_path'].startswith(root), split
+    if task == 'det':
+        for split in ('val', 'test'):
+            assert cfg[f'{split}_evaluator'].ann_file.startswith(root)
+            assert os.path.isfile(cfg[f'{split}_evaluator'].ann_file)
+
+
+def test_run_demo_resolves_relative_paths_from_the_callers_directory(tmp_path, monkeypatch):
+    from convzoo_mm.demo import run
+    calls = []
+    monkeypatch.setattr(run, 'make_demo_data', lambda root: calls.append(('data', root)))
+    monkeypatch.setattr(run, 'train_and_test', lambda config, work_dir, extra: calls.append(
+        ('train', work_dir, extra)) or {})
+    monkeypatch.chdir(tmp_path)
+    run.run_demo('wd', 'mydata', tasks=('det',), baselines=False)
+    assert calls[0] == ('data', str(tmp_path / 'mydata'))
+    _, work_dir, extra = calls[1]
+    assert work_dir == str(tmp_path / 'wd' / 'det')
+    assert f'train_dataloader.dataset.data_root={tmp_path / "mydata" / "coco"}/' in extra
+    calls.clear()
+    run.run_demo('wd', os.path.join(ROOT, 'data', 'demo'), tasks=('seg',), baselines=False)
+    assert calls[1][2] == []  # the configs' own data root: no options

@@ -60,7 +60,21 @@ def latest_metrics(work_dir: str) -> Dict[str, float]:
     raise FileNotFoundError(f'no evaluation results under {work_dir}')
 
 
+def data_root_options(task: str, data_root: str) -> List[str]:
+    """``--cfg-options`` pointing a demo config of ``task`` at the data generated under
+    ``data_root`` (the configs read ``data/demo``): every dataloader's ``data_root`` and, for
+    detection, the COCO evaluators' annotation file."""
+    sub = os.path.join(data_root, 'coco' if task == 'det' else 'ade') + os.sep
+    opts = [f'{split}_dataloader.dataset.data_root={sub}' for split in ('train', 'val', 'test')]
+    if task == 'det':
+        ann = os.path.join(sub, 'annotations', 'instances_val.json')
+        opts += [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
+    return opts
+
+
 def train_and_test(config: str, work_dir: str, extra: Optional[List[str]] = None):
+    """Train ``config`` into ``work_dir`` and test its last checkpoint; ``extra``: options for
+    both tools (e.g. ``['--cfg-options', ...]``)."""
     os.makedirs(work_dir, exist_ok=True)
     py = sys.executable
     _run([py, 'tools/train.py', config, '--work-dir', work_dir, *(extra or [])],
@@ -68,7 +82,7 @@ def train_and_test(config: str, work_dir: str, extra: Optional[List[str]] = None
     with open(os.path.join(work_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
     test_dir = os.path.join(work_dir, 'test')
-    _run([py, 'tools/test.py', config, checkpoint, '--work-dir', test_dir],
+    _run([py, 'tools/test.py', config, checkpoint, '--work-dir', test_dir, *(extra or [])],
          os.path.join(work_dir, 'test.out'), f'test {os.path.basename(config)}')
     return latest_metrics(test_dir)
 
@@ -82,7 +96,11 @@ def format_table(rows: List[Dict[str, str]]) -> str:
 
 def run_demo(work_root: str = 'work_dirs/demo', data_root: str = 'data/demo',
              tasks=('det', 'seg'), baselines: bool = True) -> List[Dict[str, str]]:
-    """Train and test the WTConv demo config of each task (and its plain baseline)."""
+    """Train and test the WTConv demo config of each task (and its plain baseline). Relative
+    ``work_root`` / ``data_root`` are taken from the caller's directory (the tools run from the
+    repository root)."""
+    work_root, data_root = os.path.abspath(work_root), os.path.abspath(data_root)
+    default_data = os.path.realpath(os.path.join(ROOT, 'data', 'demo'))
     os.chdir(ROOT)
     make_demo_data(data_root)
     runs = [(task, DEMO_CONFIGS[task], task) for task in tasks]
@@ -92,7 +110,9 @@ def run_demo(work_root: str = 'work_dirs/demo', data_root: str = 'data/demo',
     for task, config, name in sorted(runs):
         work_dir = os.path.join(work_root, name)
         start = time.time()
-        metrics = train_and_test(config, work_dir)
+        extra = ([] if os.path.realpath(data_root) == default_data else
+                 ['--cfg-options', *data_root_options(task, data_root)])
+        metrics = train_and_test(config, work_dir, extra)
         row = dict(task=task, config=os.path.basename(config), work_dir=work_dir,
                    **{'train+test time': f'{time.time() - start:.0f} s'})
         for col, (key, scale) in METRICS.items():
