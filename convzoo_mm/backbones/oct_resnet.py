@@ -135,7 +135,10 @@ def _stage_alphas(alpha, num_stages: int) -> Tuple[float, ...]:
 
 @register
 class OctResNet(FreezableBackbone):
-    """Oct-ResNet backbone with mmdet ``ResNet``'s arguments and parameter names.
+    """Oct-ResNet backbone with mmdet ``ResNet``'s parameter names and most of its arguments
+    (those below; not ``dcn``/``stage_with_dcn``, ``plugins``, ``avg_down`` or ``conv_cfg``:
+    the 3x3 slot holds the OctaveConv, and a wrong option name fails at build, naming the
+    valid ones).
 
     Args:
         depth (int): 50, 101 or 152.

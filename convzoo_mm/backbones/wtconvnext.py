@@ -410,7 +410,9 @@ class WTConvNeXt(FreezableBackbone):
 
     Shapes:
         input (N, in_channels, H, W); output: tuple with, per ``i`` in ``out_indices``, a tensor
-        (N, channels[i], ceil(H / 4 / 2**i), ...) (exactly H / (4 * 2**i) for multiples of 32).
+        (N, channels[i], floor(H / 4 / 2**i), ...) (the stem and the downsamples are strided
+        convs without padding, as in ConvNeXt: exactly H / (4 * 2**i) for multiples of 32; H
+        and W must be at least 32).
     """
     arch_settings = ARCH_SETTINGS
 
