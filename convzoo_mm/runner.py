@@ -12,6 +12,19 @@ import sys
 from typing import List, Optional
 
 SCOPE_TO_PACKAGE = {'mmdet': 'mmdet', 'mmseg': 'mmseg'}
+CONFIG_EXTENSIONS = ('.py', '.json', '.yaml', '.yml')
+
+
+def check_config_path(path) -> str:
+    """``path`` as a str if it is an existing config file (.py, .json, .yaml, .yml), else
+    FileNotFoundError / ValueError naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'config file not found: {path}')
+    if not path.endswith(CONFIG_EXTENSIONS):
+        raise ValueError(f'{path} is not a config file: expected a name ending in '
+                         f'{", ".join(CONFIG_EXTENSIONS)}')
+    return path
 
 
 def config_scope(config) -> str:
@@ -19,9 +32,7 @@ def config_scope(config) -> str:
     mmengine ``Config``."""
     if isinstance(config, (str, os.PathLike)):
         from mmengine.config import Config
-        if not os.path.isfile(config):
-            raise FileNotFoundError(f'config file not found: {config}')
-        config = Config.fromfile(os.fspath(config))
+        config = Config.fromfile(check_config_path(config))
     scope = config.get('default_scope')
     if scope not in SCOPE_TO_PACKAGE:
         raise ValueError(f'{config.filename}: default_scope must be one of '
@@ -40,9 +51,6 @@ def mm_tool_path(scope: str, tool: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{package} ships no {tool}.py at {path}')
     return path
-
-
-CONFIG_EXTENSIONS = ('.py', '.json', '.yaml', '.yml')
 
 
 def find_config(argv: List[str]) -> str:

@@ -28,6 +28,19 @@ def test_bad_config_path_and_unknown_layer_are_clear_errors(tmp_path):
         run_tool('analysis/get_flops.py', 'nope.py', '--shape', '64', '64')
     with pytest.raises(AssertionError, match=r"unknown layer\(s\) \['Nope'\]; available"):
         run_tool('analysis/benchmark_layers.py', '--layers', 'Nope', '--out-dir', str(tmp_path))
+    with pytest.raises(AssertionError, match=r'README.md is not a config file') as info:
+        run_tool('analysis/get_flops.py', 'README.md', '--shape', '64', '64')
+    assert 'Traceback' not in str(info.value)
+    demo = 'configs/demo/fcos_r50-thin_fpn_1xb8-12e_demo.py'
+    with pytest.raises(AssertionError, match='config file not found: missing.py') as info:
+        run_tool('analysis/benchmark_model.py', demo, '--baseline', 'missing.py',
+                 '--out-dir', str(tmp_path))
+    assert 'building' not in str(info.value)  # checked before the first model is built
+    spec = "dict(type='WTConvNeXt', arch=dict(depths=(1, 1, 1, 1), channels=(8, 8, 8, 8)))"
+    with pytest.raises(AssertionError, match=r'out_index must be in \[-4, 3\], got 7') as info:
+        run_tool('analysis/erf.py', spec, '--out-index', '7', '--size', '64', '--num-images',
+                 '1', '--out', str(tmp_path / 'erf.png'))
+    assert 'Traceback' not in str(info.value)
 
 
 class Clock:

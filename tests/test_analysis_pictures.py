@@ -49,6 +49,13 @@ def test_regions_and_energies_match_independent_computation(tmp_path):
     assert sorted(os.path.basename(p) for p in paths) == ['1.png', '2.png']
     with open(paths[0], 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    # one 4-inch panel each at 100 dpi: DRConv the overlay; OctaveConv input, high, low (no
+    # empty panel), without an image high and low
+    from PIL import Image
+    widths = [Image.open(p).size[0] for p in sorted(paths)]
+    assert widths == [400, 1200]
+    no_image = plot_layer_pictures(maps, None, str(tmp_path / 'plain'))
+    assert [Image.open(p).size[0] for p in sorted(no_image)] == [400, 800]
 
 
 def test_unknown_layer_name_is_an_error():

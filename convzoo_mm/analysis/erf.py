@@ -29,6 +29,9 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 def _select_output(out, out_index: int) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
+        if not -len(out) <= out_index < len(out):
+            raise ValueError(f'the backbone returns {len(out)} outputs; out_index must be in '
+                             f'[{-len(out)}, {len(out) - 1}], got {out_index}')
         return out[out_index]
     if out_index not in (-1, 0):
         raise ValueError(f'the backbone returns one tensor; out_index must be -1 or 0, '

@@ -96,10 +96,11 @@ def plot_layer_pictures(maps: Dict[str, Dict[str, np.ndarray]], image: Optional[
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name, item in maps.items():
-        panels = 1 + (item['kind'] == 'octave') * (1 + ('low' in item))
-        fig, axes = plt.subplots(1, panels + (image is not None and item['kind'] == 'octave'),
-                                 figsize=(4 * (panels + 1), 4), squeeze=False)
+        octave = item['kind'] == 'octave'  # [input,] high[, low]; regions: one overlay
+        panels = (1 + ('low' in item) + (image is not None)) if octave else 1
+        fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4), squeeze=False)
         axes = list(axes[0])
+        all_axes = list(axes)
         if item['kind'] == 'regions':
             ax = axes[0]
             extent = None
@@ -124,7 +125,7 @@ def plot_layer_pictures(maps: Dict[str, Dict[str, np.ndarray]], image: Optional[
                 axes[1].imshow(item['low'], cmap='magma')
                 axes[1].set_title(f'low branch energy, half res. (mean {total_low:.3g})',
                                   fontsize=7)
-        for ax in axes:
+        for ax in all_axes:
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()

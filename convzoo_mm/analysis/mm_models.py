@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..runner import SCOPE_TO_PACKAGE, config_scope
+from ..runner import SCOPE_TO_PACKAGE, check_config_path, config_scope
 
 __all__ = ['load_config', 'config_scope', 'build_model', 'backbone_from_config', 'dummy_batch',
            'forward_for_analysis', 'fixed_roi_supported', 'forward_fixed_rois',
@@ -25,11 +25,10 @@ SCOPES = tuple(SCOPE_TO_PACKAGE)
 
 
 def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None):
-    """``Config.fromfile`` with a clear error for a missing file and ``cfg_options`` merged."""
+    """``Config.fromfile`` with a clear error for a missing or non-config file and
+    ``cfg_options`` merged."""
     from mmengine.config import Config
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
+    cfg = Config.fromfile(check_config_path(path))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg

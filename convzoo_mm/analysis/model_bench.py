@@ -217,6 +217,10 @@ def benchmark_configs(config: str, baseline: str, shape: Sequence[int], batch_si
     """Train-step/inference comparison of ``config`` against ``baseline`` (paths); ``part``:
     ``'model'`` (whole detector/segmentor) or ``'backbone'``."""
     import os
+
+    from .mm_models import load_config
+    for path in (config, baseline):  # both readable before either model is built
+        load_config(path)
     names = [os.path.splitext(os.path.basename(p))[0] for p in (config, baseline)]
     if names[0] == names[1]:
         names = ['model', 'baseline']

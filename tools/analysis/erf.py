@@ -74,9 +74,9 @@ def main(argv=None):
         torch.manual_seed(args.seed)
         try:
             backbone = backbone_from_config(config, ckpt, args.cfg_options)
+            erfs[name] = compute_erf(backbone, images, args.out_index)
         except (FileNotFoundError, ValueError) as e:
             parser.exit(2, f'error: {e}\n')
-        erfs[name] = compute_erf(backbone, images, args.out_index)
         ratios[name] = erf_area_ratios(erfs[name])
         save_erf_image(erfs[name], os.path.splitext(args.out)[0] + f'_{i}_{name}.png')
     plot_erfs(erfs, args.out, title=f'ERF, output {args.out_index}, {source}')
