@@ -122,6 +122,20 @@ def test_memory_tracker_skips_existing_tensors_and_sees_extension_allocations():
     assert peak_memory(lambda: x.view(-1).add_(1).t()[:10])[0] < 64
     linear = nn.Linear(1024, 1000)
     assert 4000 <= peak_memory(lambda: linear(x[:1]))[0] < 4064  # the output only
+    # a block made during an earlier measurement and freed during this one is not this call's:
+    # its free must not offset what the call allocates (the allocator remembers its size)
+    _, earlier = peak_memory(lambda: torch.empty(1 << 20))
+    holder = [earlier]
+    del earlier
+
+    def free_then_allocate():
+        holder.clear()
+        return torch.empty(1 << 18)
+
+    assert peak_memory(free_then_allocate)[0] == 1 << 20
+    with torch.profiler.profile():  # would end the outer session's recording
+        with pytest.raises(RuntimeError, match='inside another active torch profiler'):
+            peak_memory(lambda: None)
     if cpu_kernels.AVAILABLE:  # allocated in C++, no aten op of its own
         y = torch.randn(2, 8, 15, 16)
         assert peak_memory(lambda: cpu_kernels.haar_analysis_cl(y))[0] == 2 * 8 * 8 * 8 * 4 * 4

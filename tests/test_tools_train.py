@@ -193,3 +193,7 @@ def test_run_demo_resolves_relative_paths_from_the_callers_directory(tmp_path, m
     calls.clear()
     run.run_demo('wd', os.path.join(ROOT, 'data', 'demo'), tasks=('seg',), baselines=False)
     assert calls[1][2] == []  # the configs' own data root: no options
+    calls.clear()
+    with pytest.raises(ValueError, match="my data'.*spaces, commas"):
+        run.run_demo('wd', 'my data', tasks=('det',), baselines=False)
+    assert calls == []  # nothing generated or trained

@@ -8,17 +8,23 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from convzoo_mm.demo.run import run_demo  # noqa: E402
+from convzoo_mm.demo.run import custom_data_root, run_demo  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--work-dir', default='work_dirs/demo', help='root of the work_dirs')
-    parser.add_argument('--data-root', default='data/demo', help='where the data is generated')
+    parser.add_argument('--data-root', default='data/demo',
+                        help='where the data is generated and read (relative paths from the '
+                        'current directory; no spaces or commas)')
     parser.add_argument('--tasks', nargs='+', default=['det', 'seg'], choices=['det', 'seg'])
     parser.add_argument('--no-baselines', action='store_true',
                         help='skip the plain-conv baselines (halves the time)')
     args = parser.parse_args()
+    try:
+        custom_data_root(os.path.abspath(args.data_root), args.tasks)
+    except ValueError as e:
+        parser.error(str(e))
     run_demo(args.work_dir, args.data_root, tuple(args.tasks), not args.no_baselines)
 
 

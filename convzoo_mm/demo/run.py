@@ -64,12 +64,25 @@ def data_root_options(task: str, data_root: str) -> List[str]:
     """``--cfg-options`` pointing a demo config of ``task`` at the data generated under
     ``data_root`` (the configs read ``data/demo``): every dataloader's ``data_root`` and, for
     detection, the COCO evaluators' annotation file."""
+    if any(c in data_root for c in ' ,\'"[]()'):
+        raise ValueError(f'data_root {data_root!r}: mm\'s --cfg-options drop spaces and split '
+                         f'values at commas, so it cannot carry this path; use a directory '
+                         f'without spaces, commas, quotes or brackets')
     sub = os.path.join(data_root, 'coco' if task == 'det' else 'ade') + os.sep
     opts = [f'{split}_dataloader.dataset.data_root={sub}' for split in ('train', 'val', 'test')]
     if task == 'det':
         ann = os.path.join(sub, 'annotations', 'instances_val.json')
         opts += [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
     return opts
+
+
+def custom_data_root(data_root: str, tasks=('det', 'seg')) -> bool:
+    """Whether the absolute ``data_root`` differs from the configs' own ``data/demo`` (then the
+    runs get :func:`data_root_options`); ValueError if those options cannot carry it."""
+    custom = os.path.realpath(data_root) != os.path.realpath(os.path.join(ROOT, 'data', 'demo'))
+    for task in tasks if custom else ():
+        data_root_options(task, data_root)
+    return custom
 
 
 def train_and_test(config: str, work_dir: str, extra: Optional[List[str]] = None):
@@ -100,7 +113,7 @@ def run_demo(work_root: str = 'work_dirs/demo', data_root: str = 'data/demo',
     ``work_root`` / ``data_root`` are taken from the caller's directory (the tools run from the
     repository root)."""
     work_root, data_root = os.path.abspath(work_root), os.path.abspath(data_root)
-    default_data = os.path.realpath(os.path.join(ROOT, 'data', 'demo'))
+    custom_data = custom_data_root(data_root, tasks)
     os.chdir(ROOT)
     make_demo_data(data_root)
     runs = [(task, DEMO_CONFIGS[task], task) for task in tasks]
@@ -110,8 +123,7 @@ def run_demo(work_root: str = 'work_dirs/demo', data_root: str = 'data/demo',
     for task, config, name in sorted(runs):
         work_dir = os.path.join(work_root, name)
         start = time.time()
-        extra = ([] if os.path.realpath(data_root) == default_data else
-                 ['--cfg-options', *data_root_options(task, data_root)])
+        extra = ['--cfg-options', *data_root_options(task, data_root)] if custom_data else []
         metrics = train_and_test(config, work_dir, extra)
         row = dict(task=task, config=os.path.basename(config), work_dir=work_dir,
                    **{'train+test time': f'{time.time() - start:.0f} s'})
