@@ -225,9 +225,8 @@ def test_second_derivative_raises_and_float64_keeps_pytorch_path():
     silently drop the second-order terms); float64 inputs must not be rounded to float32."""
     _, fused = _pair(4, 4, 3, 2)
     x = torch.randn(1, 4, 9, 10, device=DEVICE, requires_grad=True)
-    (gx,) = torch.autograd.grad(fused(x).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match='once_differentiable'):
-        gx.sum().backward()
+    with pytest.raises(RuntimeError, match=r'WTConv \(Triton kernels\): second derivatives'):
+        torch.autograd.grad(fused(x).square().sum(), x, create_graph=True)
     if CUDA:
         auto = copy.deepcopy(fused)
         auto.impl = 'auto'

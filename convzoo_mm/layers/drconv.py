@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, owned, tracing
+from ..ops import cpu_kernels, first_order_only, owned, tracing
 from ..registry import register
 from .checks import (check_bool, check_choice, check_divides, check_input, check_int,
                      check_square, known_options, same_padding)
@@ -376,6 +376,8 @@ class _RegionConv(torch.autograd.Function):
         return owned(out)
 
     @staticmethod
+    @first_order_only('DRConv', 'DRConv.forward_naive(x) gives the same output and gradient '
+                      'as plain autograd ops (all m convolutions)')
     def backward(ctx, grad_out):
         x, region, coef, bank = ctx.saved_tensors
         k, stride, padding, dilation, groups, out_channels, tapwise = ctx.meta

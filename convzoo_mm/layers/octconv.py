@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cpu_kernels, crop, eager, owned, pad_to_multiple, tracing
+from ..ops import cpu_kernels, crop, eager, first_order_only, owned, pad_to_multiple, tracing
 from ..registry import register
 from .checks import (check_bool, check_choice, check_float, check_input, check_int,
                      check_same_padding, check_square, known_options)
@@ -150,6 +150,7 @@ class _PoolEven(torch.autograd.Function):
         return _pool_even(x)
 
     @staticmethod
+    @first_order_only('OctaveConv')
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         return _pool_grad(g, (2 * g.shape[-2], 2 * g.shape[-1]))
@@ -205,6 +206,7 @@ class _AddUpsampled(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only('OctaveConv')
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         return g, _sum_2x2(g)
@@ -520,6 +522,7 @@ class _FusedOctaveConv(torch.autograd.Function):
         return owned(y_h) if y_l is None else (owned(y_h), owned(y_l))
 
     @staticmethod
+    @first_order_only('OctaveConv')
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_h, g_l=None):
         x_h, x_l, weight, p, q = ctx.saved_tensors
@@ -563,6 +566,7 @@ class _FusedOctaveDropIn(torch.autograd.Function):
         return y.contiguous() if ctx.to_cl else y
 
     @staticmethod
+    @first_order_only('OctaveConv')
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         x, weight, p, q = ctx.saved_tensors

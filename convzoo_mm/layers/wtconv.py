@@ -131,7 +131,7 @@ def wavelet_synthesis(y: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
 
 
 def _haar_analysis(x: torch.Tensor) -> torch.Tensor:
-    if cpu_kernels.applies(x):
+    if cpu_kernels.applies_untracked(x):
         return cpu_kernels.haar_analysis_cl(x).permute(0, 3, 4, 1, 2)
     x = _pad_even(x)
     n, c, h, w = x.shape
@@ -144,7 +144,7 @@ def _haar_analysis(x: torch.Tensor) -> torch.Tensor:
 
 def _haar_synthesis(y: torch.Tensor, ll_extra: Optional[torch.Tensor], size,
                     add: Optional[torch.Tensor] = None) -> torch.Tensor:
-    if cpu_kernels.applies(y, ll_extra, add):
+    if cpu_kernels.applies_untracked(y, ll_extra, add):
         return cpu_kernels.haar_synthesis_cl(y.permute(0, 3, 4, 1, 2), ll_extra, size,
                                              add).permute(0, 3, 1, 2)
     n, c, _, h, w = y.shape

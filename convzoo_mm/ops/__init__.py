@@ -41,3 +41,23 @@ def owned(t: torch.Tensor) -> torch.Tensor:
     forbids in-place ops on a view made inside a Function, so ``y.relu_()`` or ``y += identity``
     after the layer would fail. ``detach()`` drops the view relation, not the memory."""
     return t.detach()
+
+
+def first_order_only(layer: str, hint: str = ''):
+    """Decorator for a custom autograd Function's ``backward`` whose hand-written gradient is
+    not itself differentiable (kernels, in-place buffers): a second derivative through it
+    (``create_graph=True``, e.g. a gradient penalty) raises an error naming the layer instead
+    of returning silently wrong or missing values. Autograd runs a backward with grad mode on
+    exactly when ``create_graph=True``. Put it above ``once_differentiable``."""
+    import functools
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def checked(ctx, *grads):
+            if torch.is_grad_enabled():
+                raise RuntimeError(
+                    f'{layer}: second derivatives (create_graph=True, e.g. a gradient penalty) '
+                    f'are not supported by its fast path{"; " + hint if hint else ""}')
+            return backward(ctx, *grads)
+        return checked
+    return decorate

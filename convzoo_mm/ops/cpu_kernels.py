@@ -42,7 +42,7 @@ except ImportError:  # not built (installed without a compiler): the PyTorch pat
 
 AVAILABLE = _C is not None
 
-__all__ = ['AVAILABLE', 'applies', 'depthwise_conv2d', 'depthwise_weight_grad',
+__all__ = ['AVAILABLE', 'applies', 'applies_untracked', 'depthwise_conv2d', 'depthwise_weight_grad',
            'haar_analysis_cl', 'haar_synthesis_cl', 'octave_pool_into', 'octave_spread',
            'rows_contiguous', 'region_tap_mix', 'matmul']
 
@@ -58,6 +58,15 @@ def applies(*tensors: Optional[torch.Tensor]) -> bool:
     return (AVAILABLE and all(t is None or (t.device.type == 'cpu' and t.dtype in (
         torch.float32, torch.float64)) for t in tensors)
         and not torch.is_autocast_enabled('cpu') and eager())
+
+
+def applies_untracked(*tensors: Optional[torch.Tensor]) -> bool:
+    """:func:`applies`, and autograd is not recording an op on these tensors: the kernels'
+    outputs carry no gradient history, so they serve inside an autograd Function's forward
+    and a backward without ``create_graph``, while a backward with it (second derivatives)
+    takes the differentiable tensor ops."""
+    return applies(*tensors) and not (torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors))
 
 
 def depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, dilation: int,
@@ -147,6 +156,16 @@ class _DepthwiseConv2d(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         p, d = ctx.padding, ctx.dilation
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph (second derivatives): autograd's own conv
+            with torch.enable_grad():
+                x_ = x.detach().requires_grad_(need_x) if not x.requires_grad else x
+                y = F.conv2d(x_, weight, None, 1, p, d, x.shape[1])
+                wanted = [t for t, need in ((x_, need_x), (weight, need_w)) if need]
+                grads = iter(torch.autograd.grad(y, wanted, grad, create_graph=True))
+            gx = next(grads) if need_x else None
+            gw = next(grads) if need_w else None
+            gb = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+            return gx, gw, gb, None, None
         gx = gw = gb = None
         if need_x:
             gx = torch.ops.aten.convolution_backward(

@@ -51,6 +51,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import first_order_only
+
 try:  # Triton is optional: CI and CPU-only installs run the PyTorch path.
     import triton
     import triton.language as tl
@@ -632,6 +634,7 @@ class _HaarWTConv(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only('WTConv (Triton kernels)', "build the layer with impl='torch'")
     @once_differentiable
     def backward(ctx, grad):
         x, weight, level_w, rows, row_scales, kept, base_b = ctx.saved_tensors
