@@ -175,3 +175,40 @@ def test_core_imports_without_mmdet_and_mmseg():
                   'print(sorted(n for n in convzoo_mm.layers.__all__ if n in MODELS.module_dict))')
     assert 'WTConv' in out
 
+
+
+EMPTY_CASES = {
+    'WTConv-haar': lambda: layers.WTConv(4, 4, 3, groups=4, wt_levels=2),
+    'WTConv-db2': lambda: layers.WTConv(4, 4, 3, groups=4, wt_levels=2, wt_type='db2'),
+    'DRConv-m4': lambda: layers.DRConv(4, 6, 3, padding=1, num_regions=4),
+    'DRConv-m8': lambda: layers.DRConv(4, 6, 3, stride=2, padding=1),
+    'OctaveConv-1x1': lambda: layers.OctaveConv(4, 6, 1, alpha_in=0.5, alpha_out=0.5),
+    'OctaveConv-split-1x1': lambda: layers.OctaveConv(4, 6, 1, alpha_in=0.5, alpha_out=0.5,
+                                                      split=True),
+}
+
+
+@pytest.mark.parametrize('name', list(EMPTY_CASES))
+def test_batch_of_zero_samples_like_a_plain_conv(name):
+    """A batch of zero samples (mmdet's mask heads pass one for an image without positive RoIs)
+    gives an empty output of the right shape and trains: zero gradients, as nn.Conv2d."""
+    torch.manual_seed(0)
+    layer = EMPTY_CASES[name]()
+    split = name.endswith('split-1x1')
+
+    def batch(n):
+        if split:
+            return (torch.randn(n, 2, 9, 7, requires_grad=True),
+                    torch.randn(n, 2, 5, 4, requires_grad=True))
+        return torch.randn(n, 4, 9, 7, requires_grad=True)
+
+    outs = [layer(batch(n)) for n in (1, 0)]
+    one, empty = [o if isinstance(o, tuple) else (o,) for o in outs]
+    assert [tuple(t.shape) for t in empty] == [(0, *t.shape[1:]) for t in one]
+    x = batch(0)
+    y = layer(x)
+    sum(t.sum() for t in (y if isinstance(y, tuple) else (y,))).backward()
+    for t in (x if isinstance(x, tuple) else (x,)):
+        assert t.grad is not None and t.grad.shape == t.shape
+    grads = [p.grad for p in layer.parameters() if p.grad is not None]
+    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)

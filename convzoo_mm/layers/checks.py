@@ -127,3 +127,25 @@ def check_input(x: Any, channels: int, layer: str) -> None:
         raise ValueError(f'{layer}: input must be 4D (N, C, H, W), got shape {tuple(x.shape)}')
     if x.shape[1] != channels:
         raise ValueError(f'{layer}: input has {x.shape[1]} channels but in_channels={channels}')
+
+
+def empty_batch(x: Any) -> bool:
+    """Whether ``x`` (a tensor, or OctaveConv's ``(high, low)`` pair) is a batch of zero samples
+    in eager mode (a recorded graph keeps its batch symbolic)."""
+    from ..ops import tracing
+    first = x[0] if isinstance(x, (tuple, list)) else x
+    return isinstance(first, torch.Tensor) and not tracing() and first.shape[0] == 0
+
+
+def empty_batch_forward(forward, x: Any) -> Any:
+    """A layer's output for a batch of zero samples (mmdet's mask heads pass one when an image
+    has no positive RoI): ``forward`` on one zero sample, sliced to none, plus ``0 * sum(x)``,
+    so shapes, dtypes and the autograd graph (zero gradients for the parameters and the input)
+    are those of a real call, whatever the fast path would make of an empty tensor."""
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    one = tuple(t.new_zeros((1, *t.shape[1:])) for t in xs)
+    out = forward(one if isinstance(x, (tuple, list)) else one[0])
+    link = sum(t.sum() for t in xs) * 0
+    if isinstance(out, tuple):
+        return tuple(y[:0] + link for y in out)
+    return out[:0] + link

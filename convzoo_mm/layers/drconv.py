@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from ..ops import cpu_kernels, first_order_only, owned, tracing
 from ..registry import register
 from .checks import (check_bool, check_choice, check_divides, check_input, check_int,
-                     check_square, known_options, same_padding)
+                     check_square, empty_batch, empty_batch_forward, known_options,
+                     same_padding)
 from .state_dict import LayerStateDict
 
 __all__ = ['DRConv', 'conv_output_size', 'materialize_filters', 'im2col_t', 'region_conv',
@@ -756,6 +757,8 @@ class DRConv(LayerStateDict, nn.Module):
                 f'{self.kernel_size[0]}, padding={self.padding[0]}, dilation={self.dilation[0]}')
         if tracing():  # a graph for use elsewhere: plain tensor ops, symbolic shapes
             return self.forward_naive(x)
+        if empty_batch(x):
+            return empty_batch_forward(self.forward, x)
         k, s, p, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
         guide = self.guide(x)
         soft = guide.softmax(1)

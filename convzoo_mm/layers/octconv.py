@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from ..ops import cpu_kernels, crop, eager, first_order_only, owned, pad_to_multiple, tracing
 from ..registry import register
 from .checks import (check_bool, check_choice, check_float, check_input, check_int,
-                     check_same_padding, check_square, known_options)
+                     check_same_padding, check_square, empty_batch, empty_batch_forward,
+                     known_options)
 from .state_dict import LayerStateDict
 
 __all__ = ['OctaveConv', 'OctaveConvModule', 'split_channels', 'check_split', 'half_size',
@@ -917,6 +918,8 @@ class OctaveConv(LayerStateDict, nn.Module):
 
     def forward(self, x: OctTensor) -> OctTensor:
         name = type(self).__name__
+        if empty_batch(x):
+            return empty_batch_forward(self.forward, x)
         if self.plain:  # alpha_in == alpha_out == 0: exactly nn.Conv2d
             check_input(x, self.in_channels, name)
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,

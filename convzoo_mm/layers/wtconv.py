@@ -37,7 +37,8 @@ from ..ops import cpu_kernels, crop, owned, pad_to_multiple, tracing
 from ..ops.cpu_kernels import depthwise_conv2d
 from ..registry import register
 from .checks import (check_bool, check_divides, check_input, check_int, check_same_padding,
-                     check_square, known_options, same_padding)
+                     check_square, empty_batch, empty_batch_forward, known_options,
+                     same_padding)
 from .state_dict import LayerStateDict
 
 __all__ = ['WTConv', 'wavelet_filter_bank', 'wavelet_analysis', 'wavelet_synthesis',
@@ -525,6 +526,8 @@ class WTConv(LayerStateDict, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) -> (N, O, ceil(H/stride), ceil(W/stride))."""
         check_input(x, self.in_channels, 'WTConv')
+        if empty_batch(x):
+            return empty_batch_forward(self.forward, x)
         s = self.stride[0]
         if self.uses_fused_kernels(x):
             out = self._fused_forward(x)
