@@ -212,3 +212,24 @@ def test_batch_of_zero_samples_like_a_plain_conv(name):
         assert t.grad is not None and t.grad.shape == t.shape
     grads = [p.grad for p in layer.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+@pytest.mark.parametrize('name', ['WTConv', 'OctaveConv', 'DRConv'])
+def test_meta_device_build_then_load(name):
+    """Built on the meta device (shapes only: a forward gives the output shape), then
+    materialised with to_empty() or load_state_dict(assign=True): equal to the layer it was
+    loaded from. WTConv's wavelet filters are not in the state dict and are rebuilt."""
+    kwargs = dict(WTConv=dict(groups=4, wt_levels=2, wt_type='db2'),
+                  OctaveConv=dict(padding=1), DRConv=dict(padding=1, num_regions=4))[name]
+    cls = getattr(layers, name)
+    torch.manual_seed(0)
+    ref = cls(4, 4, 3, **kwargs)
+    x = torch.randn(2, 4, 9, 10)
+    for assign in (False, True):
+        with torch.device('meta'):
+            layer = cls(4, 4, 3, **kwargs)
+            assert layer(torch.empty(2, 4, 9, 10)).shape == ref(x).shape
+        if not assign:
+            layer.to_empty(device='cpu')
+        layer.load_state_dict(ref.state_dict(), assign=assign)
+        torch.testing.assert_close(layer(x), ref(x), rtol=0, atol=0)

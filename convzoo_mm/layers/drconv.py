@@ -755,7 +755,7 @@ class DRConv(LayerStateDict, nn.Module):
             raise ValueError(
                 f'DRConv: input size {tuple(x.shape[-2:])} is too small for kernel_size='
                 f'{self.kernel_size[0]}, padding={self.padding[0]}, dilation={self.dilation[0]}')
-        if tracing():  # a graph for use elsewhere: plain tensor ops, symbolic shapes
+        if tracing() or x.is_meta:  # a graph for use elsewhere, or shapes only: plain ops
             return self.forward_naive(x)
         if empty_batch(x):
             return empty_batch_forward(self.forward, x)

@@ -250,6 +250,11 @@ def _depthwise(x, weight, bias, dilation, kernel_size, stride=1):
 
 
 # ----------------------------------------------------------------------------- the module
+def _rebuild_filters_after_load(module, incompatible_keys) -> None:
+    """``load_state_dict`` post hook of :class:`WTConv` (a module-level function: picklable)."""
+    module._rebuild_filters()
+
+
 class _ChannelScale(nn.Module):
     """A learnable per-channel multiplier of shape (1, C, 1, 1) (published ``_ScaleModule``)."""
 
@@ -343,6 +348,9 @@ class WTConv(LayerStateDict, nn.Module):
         c = in_channels
         self.register_buffer('wt_filter', bank.repeat(c, 1, 1).unsqueeze(1), persistent=False)
         self.register_buffer('iwt_filter', rec.repeat(c, 1, 1).unsqueeze(1), persistent=False)
+        # the filters are not in the state dict: after a load rebuild them where the weights
+        # landed (a layer built on the meta device, then to_empty() or assign=True)
+        self.register_load_state_dict_post_hook(_rebuild_filters_after_load)
         self.base_conv = nn.Conv2d(c, c, k, padding='same', dilation=d, groups=c,
                                    bias=bias and self.depthwise_only)
         self.base_scale = _ChannelScale(c, 1.0)
@@ -364,6 +372,20 @@ class WTConv(LayerStateDict, nn.Module):
         as the dense conv it replaces gets; PyTorch's default when built alone)."""
         for m in (self.base_conv, self.base_scale, *self.wavelet_convs, *self.wavelet_scale):
             m.reset_parameters()
+        self._rebuild_filters()
+
+    def _rebuild_filters(self) -> None:
+        """Recompute the fixed wavelet filter buffers (not in the state dict) on the device of
+        the weights, keeping their dtype: memory made by ``to_empty()`` or left on the meta
+        device by ``load_state_dict(assign=True)`` would hold no filters."""
+        device = self.base_conv.weight.device
+        if device.type == 'meta':
+            return
+        bank, rec = wavelet_filter_bank(self.wt_type, torch.float64)
+        c = self.in_channels
+        for name, filters in (('wt_filter', bank), ('iwt_filter', rec)):
+            dtype = getattr(self, name).dtype
+            setattr(self, name, filters.repeat(c, 1, 1).unsqueeze(1).to(device, dtype))
 
     def extra_repr(self):
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
@@ -373,6 +395,7 @@ class WTConv(LayerStateDict, nn.Module):
     def _upgrade_state_dict(self, state_dict, prefix, version, error_msgs):
         # Published checkpoints store the frozen filters (and a ones ``stride_filter``) as
         # parameters. They carry no learned information: check they match, then drop them.
+        self._rebuild_filters()  # ours, in case the memory was made by to_empty()
         for name in ('wt_filter', 'iwt_filter'):
             saved = state_dict.pop(prefix + name, None)
             mine = getattr(self, name)
