@@ -130,11 +130,12 @@ def check_input(x: Any, channels: int, layer: str) -> None:
 
 
 def empty_batch(x: Any) -> bool:
-    """Whether ``x`` (a tensor, or OctaveConv's ``(high, low)`` pair) is a batch of zero samples
-    in eager mode (a recorded graph keeps its batch symbolic)."""
+    """Whether ``x`` (a tensor, or OctaveConv's ``(high, low)`` pair: both) is a batch of zero
+    samples in eager mode (a recorded graph keeps its batch symbolic)."""
     from ..ops import tracing
-    first = x[0] if isinstance(x, (tuple, list)) else x
-    return isinstance(first, torch.Tensor) and not tracing() and first.shape[0] == 0
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    return (not tracing() and all(isinstance(t, torch.Tensor) for t in xs)
+            and all(t.shape[0] == 0 for t in xs))
 
 
 def empty_batch_forward(forward, x: Any) -> Any:

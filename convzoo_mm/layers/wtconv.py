@@ -26,7 +26,7 @@ computation (``convzoo_mm.analysis.references.PublishedWTConv2d``).
 """
 import functools
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import pywt
 import torch
@@ -374,18 +374,22 @@ class WTConv(LayerStateDict, nn.Module):
             m.reset_parameters()
         self._rebuild_filters()
 
+    def _filters(self, device, dtype=torch.float64) -> Dict[str, torch.Tensor]:
+        """The fixed wavelet filter buffers as built from ``wt_type``: ``{'wt_filter': (4C, 1,
+        n, n), 'iwt_filter': ...}`` on ``device``."""
+        bank, rec = wavelet_filter_bank(self.wt_type, torch.float64)
+        c = self.in_channels
+        return {name: filters.repeat(c, 1, 1).unsqueeze(1).to(device, dtype)
+                for name, filters in (('wt_filter', bank), ('iwt_filter', rec))}
+
     def _rebuild_filters(self) -> None:
         """Recompute the fixed wavelet filter buffers (not in the state dict) on the device of
         the weights, keeping their dtype: memory made by ``to_empty()`` or left on the meta
         device by ``load_state_dict(assign=True)`` would hold no filters."""
         device = self.base_conv.weight.device
-        if device.type == 'meta':
-            return
-        bank, rec = wavelet_filter_bank(self.wt_type, torch.float64)
-        c = self.in_channels
-        for name, filters in (('wt_filter', bank), ('iwt_filter', rec)):
-            dtype = getattr(self, name).dtype
-            setattr(self, name, filters.repeat(c, 1, 1).unsqueeze(1).to(device, dtype))
+        if device.type != 'meta':
+            for name, filters in self._filters(device).items():
+                setattr(self, name, filters.to(getattr(self, name).dtype))
 
     def extra_repr(self):
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
@@ -395,12 +399,12 @@ class WTConv(LayerStateDict, nn.Module):
     def _upgrade_state_dict(self, state_dict, prefix, version, error_msgs):
         # Published checkpoints store the frozen filters (and a ones ``stride_filter``) as
         # parameters. They carry no learned information: check they match, then drop them.
-        self._rebuild_filters()  # ours, in case the memory was made by to_empty()
+        expected = self._filters('cpu')  # not the buffers: to_empty() or meta memory
         for name in ('wt_filter', 'iwt_filter'):
             saved = state_dict.pop(prefix + name, None)
-            mine = getattr(self, name)
+            mine = expected[name]
             if saved is not None and (saved.shape != mine.shape or not torch.allclose(
-                    saved.to(mine), mine, atol=1e-6)):
+                    saved.detach().to('cpu', torch.float64), mine, atol=1e-6)):
                 error_msgs.append(
                     f'{prefix}{name}: the checkpoint\'s wavelet filters (shape '
                     f'{tuple(saved.shape)}) differ from wt_type={self.wt_type!r} with '
