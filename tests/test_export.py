@@ -6,7 +6,7 @@ only to read the graph's ops) and runs the graph in onnxruntime on *fresh* rando
 the export example), so a graph that constant-folded its output, or baked in the example's data,
 fails the comparison with PyTorch (atol 1e-4 on outputs of scale ~1). Batch, height and width
 are exported as symbolic and run at other values (odd and even sizes), as mmdeploy's dynamic
-shapes need.
+shapes need. The last test saves and reloads a ``jit.trace`` (TorchScript) of each layer.
 """
 import io
 import itertools
@@ -246,3 +246,36 @@ def test_mmdet_resnet_dcn_slot(dcn, depth):
     graph, (run, *_) = export_and_run(model, (torch.randn(1, 3, 64, 64),))
     assert len(run) == 3
     assert _count(graph, 'ArgMax' if dcn['type'] == 'DRConv' else 'Transpose') > 0
+
+
+def _torchscript_cases():
+    torch.manual_seed(0)
+    yield 'WTConv', WTConv(8, 8, 5, groups=8, wt_levels=2), (torch.randn(2, 8, 13, 10),)
+    yield 'WTConv-db2', WTConv(8, 8, 3, groups=8, wt_levels=2, wt_type='db2'), (
+        torch.randn(2, 8, 13, 10),)
+    yield 'OctaveConv', OctaveConv(8, 8, 3, padding=1), (torch.randn(2, 8, 13, 10),)
+    yield 'DRConv', DRConv(8, 8, 3, padding=1, num_regions=4), (torch.randn(2, 8, 13, 10),)
+    yield 'WTConvNeXt', WTConvNeXt(dict(depths=(1, 1, 1, 1), channels=(8, 16, 16, 16)),
+                                   wt_levels=(3, 2, 1, 1)), (torch.randn(1, 3, 61, 75),)
+
+
+@pytest.mark.parametrize('name,module,inputs', list(_torchscript_cases()),
+                         ids=[c[0] for c in _torchscript_cases()])
+def test_torchscript_trace_saves_and_reloads(name, module, inputs):
+    """A ``jit.trace`` of each layer (and of WTConvNeXt) is plain TorchScript ops: no recorded
+    Python call (``prim::PythonOp``, e.g. an autograd Function), so ``jit.save`` works and the
+    reloaded module gives eager's output on fresh inputs."""
+    module = _perturb(module).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(module, inputs, check_trace=False)
+        python_ops = [n.kind() for n in traced.inlined_graph.nodes()
+                      if n.kind() == 'prim::PythonOp']
+        assert python_ops == []
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+        buf.seek(0)
+        loaded = torch.jit.load(buf)
+        fresh = tuple(torch.randn_like(x) for x in inputs)
+        for got, want in zip(*[o if isinstance(o, (tuple, list)) else (o,)
+                               for o in (loaded(*fresh), module(*fresh))]):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -198,6 +198,8 @@ def haar_analysis(x: torch.Tensor) -> torch.Tensor:
     ``reshape(N, 4C, h, w)`` of it is a channels_last tensor with the published channel order
     c*4 + band, ready for the depthwise level conv without a copy.
     """
+    if tracing():   # a recorded Function call could not be saved (TorchScript) or exported
+        return _haar_analysis(x)
     return _HaarAnalysis.apply(x)
 
 
