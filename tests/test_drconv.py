@@ -39,7 +39,7 @@ def oracle_filters(layer, x):
     hid = F.relu(F.conv2d(pooled, layer.head_hidden.weight, layer.head_hidden.bias))
     coef = torch.sigmoid(F.conv2d(hid, layer.head_out.weight, layer.head_out.bias))
     coef = coef.view(n, m, layer.num_bases)
-    kernels = layer.bank.permute(0, 4, 3, 1, 2)  # (B, out, Cg, k, k)
+    kernels = layer.bank.view(-1, k, k, cg, o).permute(0, 4, 3, 1, 2)  # (B, out, Cg, k, k)
     return torch.einsum('nrb,boikl->nroikl', coef, kernels)
 
 
@@ -249,14 +249,17 @@ def test_gradcheck_region_conv(tapwise, b, s, d, g):
                                atol=1e-10)
 
 
-def test_channels_last_and_batch_independence():
-    layer = make(4, 6, 3, 1, 1, 1, 2, 4, 'full')
+@pytest.mark.parametrize('generator', ['full', 'basis'])
+def test_channels_last_and_batch_independence(generator):
+    layer = make(4, 6, 3, 1, 1, 1, 2, 4, generator)
     x = torch.randn(3, 4, 8, 9, dtype=torch.double)
     out = layer(x)
     torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), out)
     torch.testing.assert_close(layer(x[1:2]), out[1:2])  # no cross-sample mixing
-    layer.to(memory_format=torch.channels_last)  # restrides 4-D weights, not the matrix bank
-    assert layer.gen_bank.is_contiguous() and layer.guide.weight.is_contiguous(
+    # a model's .to(memory_format=...) restrides 4-D weights, not the matrix banks
+    torch.nn.Sequential(layer).to(memory_format=torch.channels_last)
+    bank = layer.gen_bank if generator == 'full' else layer.bank
+    assert bank.is_contiguous() and layer.guide.weight.is_contiguous(
         memory_format=torch.channels_last)
     torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), out)
 

@@ -2,7 +2,8 @@
 state dict's metadata, today's state dicts round-trip, checkpoints without a version load as the
 oldest layout, and renamed names of older versions are migrated before the load (tested on a
 toy layer: no name of WTConv, OctaveConv or DRConv has changed in the project's history, so their
-rename tables are empty and they are at version 1)."""
+rename tables are empty). DRConv is at version 2 (its basis bank went from 5-D to 3-D, same
+numbers): version-1 checkpoints of it load (tested), the other layers are at version 1."""
 from collections import OrderedDict
 
 import pytest
@@ -28,10 +29,36 @@ def _without_metadata(state):
 @pytest.mark.parametrize('name', LAYERS)
 def test_layers_write_their_version(name):
     layer = LAYERS[name]()
-    assert type(layer)._version == 1 and type(layer)._state_dict_renames == {}
-    assert layer.state_dict()._metadata['']['version'] == 1
+    version = 2 if name.startswith('drconv') else 1
+    assert type(layer)._version == version and type(layer)._state_dict_renames == {}
+    assert layer.state_dict()._metadata['']['version'] == version
     nested = nn.Sequential(nn.Identity(), layer).state_dict()
-    assert nested._metadata['1']['version'] == 1
+    assert nested._metadata['1']['version'] == version
+
+
+@pytest.mark.parametrize('metadata', [True, False], ids=['version-1', 'no-version'])
+@pytest.mark.parametrize('load', ['torch', 'mmengine'])
+def test_drconv_version_1_basis_bank_loads(metadata, load):
+    """DRConv version 1 stored the basis bank as (B, k, k, Cg, out); such a checkpoint (or one
+    without a version) loads strictly into today's (B, k*k*Cg, out) bank, same outputs."""
+    from mmengine.runner import load_state_dict
+    torch.manual_seed(0)
+    src = DRConv(4, 6, 3, padding=1, num_regions=2, generator='basis')
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p))
+    old = OrderedDict((k, v.clone()) for k, v in src.state_dict().items())
+    old['bank'] = old['bank'].view(2, 3, 3, 4, 6)
+    if metadata:
+        old._metadata = OrderedDict([('', {'version': 1})])
+    dst = DRConv(4, 6, 3, padding=1, num_regions=2, generator='basis')
+    if load == 'torch':
+        dst.load_state_dict(old, strict=True)
+    else:
+        load_state_dict(dst, old, strict=True)
+    assert old['bank'].dim() == 5  # the caller's dict is not changed
+    x = torch.randn(2, 4, 9, 9)
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('name', LAYERS)

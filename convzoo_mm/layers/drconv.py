@@ -554,7 +554,7 @@ class DRConv(LayerStateDict, nn.Module):
       ``P = in*h + h + h*out*Cg + m*out*Cg`` (about ``m^2*in*out/groups``: 4.74 M at
       256->256, m=8; 1.31 M at m=4).
     * ``'basis'``: a bank of ``B = num_bases`` (default m) kernels, stored as
-      ``bank (B, k, k, Cg, out)``, mixed per
+      ``bank (B, k*k*Cg, out)`` (rows ordered (tap, input channel)), mixed per
       sample and region by a small head ``global avg pool -> 1x1 in->c (default
       max(in//16, 8)) -> ReLU -> 1x1 c->m*B -> sigmoid``:
       ``W[n, r] = sum_b coef[n, r, b] * bank_b``.
@@ -595,7 +595,9 @@ class DRConv(LayerStateDict, nn.Module):
     Shapes:
         input ``(N, in, H, W)`` -> output ``(N, out, Ho, Wo)``.
     """
-    _version = 1  # state-dict layout (convzoo_mm.layers.state_dict); no renames so far
+    # state-dict layout (convzoo_mm.layers.state_dict): 2 stores the basis bank 3-D, (B, k*k*Cg,
+    # out), where 1 had (B, k, k, Cg, out), which ``.to(memory_format=channels_last)`` rejects
+    _version = 2
 
     @known_options
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
@@ -650,8 +652,9 @@ class DRConv(LayerStateDict, nn.Module):
             c = max(in_channels // 16, 8) if head_channels is None else check_int(
                 'head_channels', head_channels)
             self.head_channels = c
-            # bank[b, i, j, c, o] = basis kernel b at tap (i, j), input c, output o
-            self.bank = nn.Parameter(torch.empty(b, k, k, cg, out_channels))
+            # bank[b, (i*k + j)*Cg + c, o] = basis kernel b at tap (i, j), input c, output o
+            # (3-D: Module.to(memory_format=channels_last) restrides every 4-D and 5-D tensor)
+            self.bank = nn.Parameter(torch.empty(b, k * k * cg, out_channels))
             self.head_hidden = nn.Conv2d(in_channels, c, 1)
             self.head_out = nn.Conv2d(c, m * b, 1)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -689,10 +692,16 @@ class DRConv(LayerStateDict, nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def _upgrade_state_dict(self, state_dict, prefix, version, error_msgs):
+        # version 1 stored the basis bank as (B, k, k, Cg, out): the same numbers
+        saved = state_dict.get(prefix + 'bank')
+        if isinstance(saved, torch.Tensor) and saved.dim() == 5:
+            state_dict[prefix + 'bank'] = saved.reshape(saved.shape[0], -1, saved.shape[-1])
+
     @staticmethod
     def _options_from_shapes(shapes):
         """Options implied by the shapes: guide.weight (m, in, k, k); gen_bank
-        (m, h/m + 1, in/groups, out) for generator 'full', bank (B, k, k, in/groups, out) and
+        (m, h/m + 1, in/groups, out) for generator 'full', bank (B, k*k*in/groups, out) and
         head_hidden.weight (c, in, 1, 1) for 'basis'."""
         guide = shapes.get('guide.weight')
         if guide is None or len(guide) != 4:

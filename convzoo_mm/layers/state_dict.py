@@ -12,7 +12,10 @@ goes into :meth:`LayerStateDict._upgrade_state_dict` (WTConv drops the published
 frozen filters there).
 
 No name of WTConv, OctaveConv or DRConv has changed since they were written (``git log -p`` of
-``convzoo_mm/layers``), so all three are at version 1 with empty rename tables.
+``convzoo_mm/layers``), so all three have empty rename tables. WTConv and OctaveConv are at
+version 1; DRConv is at version 2, whose ``_upgrade_state_dict`` reshapes a version-1 basis
+bank ``(B, k, k, Cg, out)`` to today's ``(B, k*k*Cg, out)`` (a 5-D parameter made
+``Module.to(memory_format=torch.channels_last)`` fail).
 
 **Explanations.** When a checkpoint has entries under a layer but they do not fit it (missing,
 unexpected or of another shape), the layer reports one message with its full name that says which
