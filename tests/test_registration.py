@@ -84,6 +84,42 @@ def test_published_scales_survive_model_init_cfg():
     assert all(torch.all(m.wavelet_scale[0].weight == 0.1) for m in wt)
 
 
+# what keeps the layer's own init (its construction init) under a parent's Conv2d init_cfg
+OWN_INIT = {'WTConv': ('base_scale.weight', 'wavelet_scale.0.weight'), 'OctaveConv': ('weight',),
+            'DRConv': ('gen_bank',)}
+# the nn.Conv2d modules inside the layer that such an init_cfg reaches
+INNER_CONVS = {'WTConv': ('base_conv.weight', 'wavelet_convs.0.weight'), 'OctaveConv': (),
+               'DRConv': ('guide.weight', 'gen_hidden.weight')}
+
+
+@pytest.mark.parametrize('name', CONV_LAYERS)
+@pytest.mark.parametrize('init_cfg', ['default', None], ids=['xavier', 'none'])
+def test_init_in_conv_module_slots(name, init_cfg):
+    """As the README says (Initialisation): in ConvModule slots held in lists (an FPN's convs),
+    mmengine never calls the layer's init_weights; the parent's init_cfg (FPN: Xavier on
+    Conv2d) reaches the nn.Conv2d modules inside the layer, as it reaches a plain conv there,
+    and everything else keeps the layer's own init from construction; with init_cfg=None the
+    whole layer keeps it."""
+    from mmdet.registry import MODELS as DET
+    cfg = dict(type='FPN', in_channels=[8, 8], out_channels=8, num_outs=2,
+               conv_cfg=dict(type=name))
+    if init_cfg is None:
+        cfg['init_cfg'] = None
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        fpn = DET.build(cfg)
+    layer = fpn.fpn_convs[0].conv
+    assert type(layer).__name__ == name
+    with torch.no_grad():  # values no init gives, to see which ones an init rewrites
+        for p in layer.parameters():
+            p.fill_(7.0)
+    fpn.init_weights()
+    state = layer.state_dict()
+    for key in OWN_INIT[name]:
+        assert torch.all(state[key] == 7.0), key
+    for key in INNER_CONVS[name]:
+        assert torch.all(state[key] == 7.0) == (init_cfg is None), key
+
+
 def test_wtconv_1x1_in_dcn_slot_gets_the_hosts_init():
     """In mm ResNet's Bottleneck 3x3 slot the 1x1 after the depthwise WTConv gets the host's
     Kaiming init (normal, fan_out, as the dense 3x3 it replaces), not PyTorch's default that

@@ -365,7 +365,8 @@ class WTConv(LayerStateDict, nn.Module):
             c, out_channels, 1, groups=groups, bias=bias)
         self.init_weights()
 
-    # mmengine calls this after any init_cfg of a parent, so the published init always wins.
+    # Called when built, and by mmengine after the init_cfg of a BaseModule parent (ResNet
+    # blocks, our backbones); not in ConvModule lists (FPN, heads): README, Initialisation.
     def init_weights(self):
         """Published initialisation of the published (depthwise) part: PyTorch's default conv
         init, base scale 1.0, level scales 0.1 (so the layer starts close to its base depthwise
