@@ -14,7 +14,7 @@ from tests.utils import ROOT, run_tool
 
 TOOLS = ['get_flops.py', 'benchmark_layers.py', 'benchmark_model.py', 'erf.py',
          'visualize_layers.py', 'summarize.py', 'benchmark_wtconvnext.py',
-         'benchmark_configs.py', 'host_probe.py']
+         'benchmark_configs.py', 'host_probe.py', 'bench_drconv.py', 'bench_octconv.py']
 
 
 @pytest.mark.parametrize('tool', TOOLS)

@@ -75,6 +75,23 @@ def test_tools_help():
         assert 'usage' in proc.stdout.lower()
 
 
+@pytest.mark.parametrize('script,words,bad', [
+    ('setup_env.sh', 'Steps', ['--bad']), ('dist_launch.sh', 'TOOL NPROC', ['train.py']),
+    ('dist_train.sh', 'CONFIG GPUS', None), ('dist_test.sh', 'CONFIG CHECKPOINT GPUS', None),
+    ('slurm_train.sh', 'PARTITION JOB_NAME', None)])
+def test_shell_tools_help_and_usage_errors(script, words, bad):
+    """--help prints the usage on stdout and exits 0 without running anything (setup_env.sh
+    would install, dist_launch.sh launch); a call it cannot take exits 2 with the usage on
+    stderr."""
+    import subprocess
+    path = os.path.join(ROOT, 'tools', script)
+    proc = subprocess.run(['bash', path, '--help'], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and words in proc.stdout, (proc.stdout, proc.stderr)
+    if bad:
+        proc = subprocess.run(['bash', path, *bad], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and 'tools/' + script in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize('args,message', [
     (['--work-dir', 'w'], 'no CONFIG among the arguments'),
     (['--work-dir', 'w', 'nope.py'], 'config file not found: nope.py'),

@@ -6,7 +6,9 @@
 # config's (NCCL) on GPUs; without CUDA, gloo (convzoo_mm patches mmengine 0.10.7's launcher,
 # which assumed CUDA; SyncBN needs GPUs).
 set -euo pipefail
-if [ $# -lt 3 ]; then sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2; fi
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
+case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+if [ $# -lt 3 ]; then usage >&2; exit 2; fi
 TOOL=$1; NPROC=$2; shift 2
 DIR="$(cd "$(dirname "$0")/.." && pwd)"
 source "$DIR/tools/pick_python.sh"

@@ -20,6 +20,12 @@
 # (or point VENV at an existing environment); the matching steps see them and are skipped.
 # Environment: VENV (default .venv), PYTHON (default python3), MAX_JOBS (default: nproc).
 set -uo pipefail
+case "${1:-}" in
+    '') ;;
+    -h|--help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+    *) echo "usage: bash tools/setup_env.sh [--help]  (settings via VENV, PYTHON, MAX_JOBS)" >&2
+       exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 VENV=$(realpath -m -s "${VENV:-.venv}")   # absolute, symlinks kept (a venv's python is one)
 PYTHON=${PYTHON:-python3}

@@ -5,6 +5,7 @@ Everything is measured side by side in one run: each repeat times every variant 
 (interleaved, so machine-load drift hits all alike), and the reported numbers are medians over
 the repeats. Ratios < 1 mean OctaveConv is faster.
 
+examples:
     OMP_NUM_THREADS=2 python tools/analysis/bench_octconv.py            # layers + backbones
     python tools/analysis/bench_octconv.py --part backbone --alpha 0.5 0.25 --repeats 15
     python tools/analysis/bench_octconv.py --part layer --batch 8
@@ -151,7 +152,8 @@ def flops_table(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--part', choices=['layer', 'backbone', 'flops', 'all'], default='all')
     p.add_argument('--alpha', type=float, nargs='+', default=[0.5])
     p.add_argument('--batch', type=int, default=8, help='layer part batch size')
