@@ -146,6 +146,25 @@ def test_filters_are_frozen_buffers_and_published_state_dict_loads():
         WTConv(6, 6, 5, groups=6, wt_levels=1).load_state_dict(other)
 
 
+def test_filters_keep_full_precision_through_dtype_round_trips():
+    """The fixed filters are rebuilt from float64 when a dtype conversion changes them, so
+    .half().float() (or .to(bfloat16) and back) leaves a db2 layer's filters as a fresh
+    .float() layer's, not rounded to half precision; a move without a dtype change keeps them."""
+    fresh = {dt: WTConv(4, 4, 3, groups=4, wt_levels=2, wt_type='db2').to(dt)
+             for dt in (torch.float32, torch.float64, torch.float16)}
+    for low in (torch.float16, torch.bfloat16):
+        for dt in (torch.float32, torch.float64):
+            layer = WTConv(4, 4, 3, groups=4, wt_levels=2, wt_type='db2').to(low).to(dt)
+            for name in ('wt_filter', 'iwt_filter'):
+                got, want = getattr(layer, name), getattr(fresh[dt], name)
+                assert got.dtype == dt and torch.equal(got, want), (low, dt, name)
+    half = fresh[torch.float16]
+    assert half.wt_filter.dtype == torch.float16
+    kept = half.wt_filter
+    half.to('cpu')
+    assert half.wt_filter is kept
+
+
 @pytest.mark.parametrize('out_channels,groups', [(4, 4), (8, 2)])
 def test_init_weights_matches_published(out_channels, groups):
     """The published part gets the published init; the 1x1 of the in != out form keeps

@@ -377,6 +377,13 @@ class WTConv(LayerStateDict, nn.Module):
             m.reset_parameters()
         self._rebuild_filters()
 
+    def _apply(self, fn, *args, **kwargs):
+        dtype = self.wt_filter.dtype
+        super()._apply(fn, *args, **kwargs)
+        if self.wt_filter.dtype != dtype:  # from float64, not from a rounded copy (.half().float())
+            self._rebuild_filters()
+        return self
+
     def _filters(self, device, dtype=torch.float64) -> Dict[str, torch.Tensor]:
         """The fixed wavelet filter buffers as built from ``wt_type``: ``{'wt_filter': (4C, 1,
         n, n), 'iwt_filter': ...}`` on ``device``."""
