@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from convzoo_mm.analysis.erf import (compute_erf, erf_area_ratios, load_images, plot_erfs,
-                                     save_erf_image, smooth_random_images)
+from convzoo_mm.analysis.erf import (compute_erf, erf_area_ratios, find_images, load_images,
+                                     plot_erfs, save_erf_image, smooth_random_images)
 
 
 def test_area_ratios_of_known_maps():
@@ -70,6 +70,21 @@ def test_load_images_resizes_crops_and_normalises(tmp_path):
     (img, ) = load_images([str(tmp_path / 'a.png')], 16, mean=(0, 0, 0), std=(255, 1, 1))
     assert img.shape == (3, 16, 16)
     assert torch.allclose(img[0], torch.ones(16, 16)) and img[1:].abs().max() == 0
+
+
+def test_find_images_skips_label_maps(tmp_path):
+    """An mm dataset folder (ADE20K layout, as data/demo/ade): the images, not the label PNGs
+    of annotations/ that sort first; naming the annotation folder itself lists them."""
+    for sub in ('ade/annotations/training', 'ade/images/training', 'cityscapes/gtFine/train'):
+        (tmp_path / sub).mkdir(parents=True)
+    for name in ('ade/annotations/training/a_0.png', 'ade/images/training/a_0.jpg',
+                 'ade/images/training/a_1.JPG', 'cityscapes/gtFine/train/c_labelIds.png',
+                 'ade/images/training/notes.txt'):
+        (tmp_path / name).write_bytes(b'')
+    assert find_images(str(tmp_path)) == [str(tmp_path / 'ade/images/training/a_0.jpg'),
+                                          str(tmp_path / 'ade/images/training/a_1.JPG')]
+    assert find_images(str(tmp_path / 'ade/annotations')) == [
+        str(tmp_path / 'ade/annotations/training/a_0.png')]
 
 
 def test_backbone_whose_train_returns_none():

@@ -20,9 +20,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['compute_erf', 'erf_area_ratios', 'plot_erfs', 'erf_image', 'save_erf_image', 'load_images', 'smooth_random_images',
-           'find_images', 'IMAGE_EXTENSIONS']
+           'find_images', 'IMAGE_EXTENSIONS', 'LABEL_FOLDERS']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+# folders of label maps in mm dataset layouts (ADE20K/COCO-stuff, mmseg's ann_dir, Cityscapes,
+# Pascal VOC), skipped by find_images
+LABEL_FOLDERS = ('annotations', 'ann_dir', 'gtFine', 'gtCoarse', 'SegmentationClass',
+                 'SegmentationClassAug', 'SegmentationObject', 'labels', 'masks')
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -114,12 +118,17 @@ def smooth_random_images(num: int, size: Union[int, Sequence[int]], seed: int = 
 
 
 def find_images(folder: str) -> List[str]:
-    """Image files under ``folder`` (recursive), sorted."""
+    """Image files under ``folder`` (recursive), sorted, without those inside a folder of
+    label maps (``LABEL_FOLDERS``, the mm dataset layouts' annotation folders, e.g. ADE20K's
+    ``annotations/``): those PNGs are class indices, nearly black as pictures. Naming such a
+    folder itself keeps its files."""
     files = []
     for ext in IMAGE_EXTENSIONS:
         files += glob.glob(os.path.join(folder, '**', f'*{ext}'), recursive=True)
         files += glob.glob(os.path.join(folder, '**', f'*{ext.upper()}'), recursive=True)
-    return sorted(set(files))
+    return sorted(f for f in set(files) if not set(
+        os.path.normpath(os.path.relpath(os.path.dirname(f), folder)).split(os.sep))
+        & set(LABEL_FOLDERS))
 
 
 def load_images(paths: Sequence[str], size: Union[int, Sequence[int]],
