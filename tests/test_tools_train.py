@@ -77,8 +77,8 @@ def test_tools_help():
 
 @pytest.mark.parametrize('script,words,bad', [
     ('setup_env.sh', 'Steps', ['--bad']), ('dist_launch.sh', 'TOOL NPROC', ['train.py']),
-    ('dist_train.sh', 'CONFIG GPUS', None), ('dist_test.sh', 'CONFIG CHECKPOINT GPUS', None),
-    ('slurm_train.sh', 'PARTITION JOB_NAME', None)])
+    ('dist_train.sh', 'CONFIG GPUS', ['c.py']), ('dist_test.sh', 'CONFIG CHECKPOINT', ['c.py']),
+    ('slurm_train.sh', 'PARTITION JOB_NAME', ['p', 'j'])])
 def test_shell_tools_help_and_usage_errors(script, words, bad):
     """--help prints the usage on stdout and exits 0 without running anything (setup_env.sh
     would install, dist_launch.sh launch); a call it cannot take exits 2 with the usage on
@@ -87,9 +87,9 @@ def test_shell_tools_help_and_usage_errors(script, words, bad):
     path = os.path.join(ROOT, 'tools', script)
     proc = subprocess.run(['bash', path, '--help'], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and words in proc.stdout, (proc.stdout, proc.stderr)
-    if bad:
-        proc = subprocess.run(['bash', path, *bad], capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 2 and 'tools/' + script in proc.stderr, proc.stderr
+    proc = subprocess.run(['bash', path, *bad], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (2, '') and f'tools/{script}' in proc.stderr, (
+        proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.mark.parametrize('args,message', [
