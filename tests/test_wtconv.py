@@ -163,6 +163,25 @@ def test_filters_keep_full_precision_through_dtype_round_trips():
     kept = half.wt_filter
     half.to('cpu')
     assert half.wt_filter is kept
+    with torch.device('meta'):  # a conversion under a meta default device builds on the CPU
+        half.float()
+    assert half.wt_filter.device.type == 'cpu' and torch.equal(
+        half.wt_filter, fresh[torch.float32].wt_filter)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_published_half_precision_checkpoint_loads(dtype):
+    """A published db2 layer saved in half precision (its filters rounded) loads into a layer
+    of that precision; another wavelet's filters are still refused."""
+    torch.manual_seed(0)
+    ref = PublishedWTConv2d(4, 3, wt_levels=1, wt_type='db2').to(dtype)
+    layer = WTConv(4, 4, 3, groups=4, wt_levels=1, wt_type='db2').to(dtype)
+    layer.load_state_dict(ref.state_dict())
+    assert torch.equal(layer.base_conv.weight, ref.base_conv.weight)
+    state = ref.state_dict()
+    state['wt_filter'] = state['wt_filter'] * 2
+    with pytest.raises(RuntimeError, match='wt_type'):
+        WTConv(4, 4, 3, groups=4, wt_levels=1, wt_type='db2').to(dtype).load_state_dict(state)
 
 
 @pytest.mark.parametrize('out_channels,groups', [(4, 4), (8, 2)])
