@@ -52,13 +52,19 @@ def test_drconv_version_1_basis_bank_loads(metadata, load):
     if metadata:
         old._metadata = OrderedDict([('', {'version': 1})])
     dst = DRConv(4, 6, 3, padding=1, num_regions=2, generator='basis')
-    if load == 'torch':
-        dst.load_state_dict(old, strict=True)
-    else:
-        load_state_dict(dst, old, strict=True)
+    with pytest.warns(UserWarning, match=r'version 1.*optimizer state.*load_from'):
+        if load == 'torch':
+            dst.load_state_dict(old, strict=True)
+        else:
+            load_state_dict(dst, old, strict=True)
     assert old['bank'].dim() == 5  # the caller's dict is not changed
     x = torch.randn(2, 4, 9, 9)
     torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    # a version-1 bank of another layer is reported with its own shape and the differing option
+    wrong = DRConv(4, 8, 3, padding=1, num_regions=2, generator='basis')
+    with pytest.raises(RuntimeError, match=r'bank is \(2, 3, 3, 4, 6\) in the checkpoint.*'
+                                           r'out_channels=6'):
+        wrong.load_state_dict(old)
 
 
 @pytest.mark.parametrize('name', LAYERS)

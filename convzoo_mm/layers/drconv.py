@@ -44,6 +44,7 @@ While a graph is recorded for use elsewhere (``jit.trace``, ONNX, ``torch.export
 symbolic batch and size) and the generator's pooling as :func:`adaptive_avg_pool_matmul`.
 """
 import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -693,10 +694,18 @@ class DRConv(LayerStateDict, nn.Module):
             nn.init.zeros_(self.bias)
 
     def _upgrade_state_dict(self, state_dict, prefix, version, error_msgs):
-        # version 1 stored the basis bank as (B, k, k, Cg, out): the same numbers
-        saved = state_dict.get(prefix + 'bank')
-        if isinstance(saved, torch.Tensor) and saved.dim() == 5:
-            state_dict[prefix + 'bank'] = saved.reshape(saved.shape[0], -1, saved.shape[-1])
+        # version 1 stored the basis bank as (B, k, k, Cg, out): the same numbers. One that does
+        # not fit this layer stays as saved, so the mismatch message shows its real shape.
+        saved, bank = state_dict.get(prefix + 'bank'), getattr(self, 'bank', None)
+        k = self.kernel_size[0]
+        if (isinstance(saved, torch.Tensor) and bank is not None and tuple(saved.shape) == (
+                bank.shape[0], k, k, bank.shape[1] // (k * k), bank.shape[2])):
+            state_dict[prefix + 'bank'] = saved.reshape(bank.shape)
+            warnings.warn(
+                f'{prefix}bank: a DRConv basis bank of state-dict version 1, shape '
+                f'{tuple(saved.shape)}, loaded as {tuple(bank.shape)}; an optimizer state saved '
+                f'with it (resume) still has the old shape and fails at the first step: start '
+                f'from these weights (load_from) instead of resuming', UserWarning, stacklevel=2)
 
     @staticmethod
     def _options_from_shapes(shapes):
