@@ -275,3 +275,11 @@ def test_meta_device_build_then_load(name):
             state.update(wt_filter=ref.wt_filter.clone(), iwt_filter=ref.iwt_filter.clone())
         layer.load_state_dict(state, assign=assign)
         torch.testing.assert_close(layer(x), ref(x), rtol=0, atol=0)
+    # to_empty() then parameters copied in place (as FSDP-style initialisation does: no load)
+    with torch.device('meta'):
+        layer = cls(4, 4, 3, **kwargs)
+    layer.to_empty(device='cpu')
+    with torch.no_grad():
+        for mine, theirs in zip(layer.parameters(), ref.parameters()):
+            mine.copy_(theirs)
+    torch.testing.assert_close(layer(x), ref(x), rtol=0, atol=0)

@@ -149,7 +149,7 @@ def test_filters_are_frozen_buffers_and_published_state_dict_loads():
 def test_filters_keep_full_precision_through_dtype_round_trips():
     """The fixed filters are rebuilt from float64 when a dtype conversion changes them, so
     .half().float() (or .to(bfloat16) and back) leaves a db2 layer's filters as a fresh
-    .float() layer's, not rounded to half precision; a move without a dtype change keeps them."""
+    .float() layer's, not rounded to half precision; a move keeps their dtype and values."""
     fresh = {dt: WTConv(4, 4, 3, groups=4, wt_levels=2, wt_type='db2').to(dt)
              for dt in (torch.float32, torch.float64, torch.float16)}
     for low in (torch.float16, torch.bfloat16):
@@ -160,9 +160,9 @@ def test_filters_keep_full_precision_through_dtype_round_trips():
                 assert got.dtype == dt and torch.equal(got, want), (low, dt, name)
     half = fresh[torch.float16]
     assert half.wt_filter.dtype == torch.float16
-    kept = half.wt_filter
+    kept = half.wt_filter.clone()
     half.to('cpu')
-    assert half.wt_filter is kept
+    assert half.wt_filter.dtype == torch.float16 and torch.equal(half.wt_filter, kept)
     with torch.device('meta'):  # a conversion under a meta default device builds on the CPU
         half.float()
     assert half.wt_filter.device.type == 'cpu' and torch.equal(

@@ -381,10 +381,10 @@ class WTConv(LayerStateDict, nn.Module):
         self._rebuild_filters()
 
     def _apply(self, fn, *args, **kwargs):
-        dtype = self.wt_filter.dtype
         super()._apply(fn, *args, **kwargs)
-        if self.wt_filter.dtype != dtype:  # from float64, not from a rounded copy (.half().float())
-            self._rebuild_filters()
+        # the fixed filters from float64 again after any conversion, where the buffers now are:
+        # exact after a round trip through half precision, filled after to_empty()
+        self._rebuild_filters(self.wt_filter.device)
         return self
 
     def _filters(self, device, dtype=torch.float64) -> Dict[str, torch.Tensor]:
@@ -395,11 +395,11 @@ class WTConv(LayerStateDict, nn.Module):
         return {name: filters.repeat(c, 1, 1).unsqueeze(1).to(device, dtype)
                 for name, filters in (('wt_filter', bank), ('iwt_filter', rec))}
 
-    def _rebuild_filters(self) -> None:
-        """Recompute the fixed wavelet filter buffers (not in the state dict) on the device of
-        the weights, keeping their dtype: memory made by ``to_empty()`` or left on the meta
-        device by ``load_state_dict(assign=True)`` would hold no filters."""
-        device = self.base_conv.weight.device
+    def _rebuild_filters(self, device: Optional[torch.device] = None) -> None:
+        """Recompute the fixed wavelet filter buffers (not in the state dict) on ``device``
+        (default: that of the weights), keeping their dtype: memory made by ``to_empty()`` or
+        left on the meta device by ``load_state_dict(assign=True)`` would hold no filters."""
+        device = self.base_conv.weight.device if device is None else device
         if device.type != 'meta':
             for name, filters in self._filters(device).items():
                 setattr(self, name, filters.to(getattr(self, name).dtype))
