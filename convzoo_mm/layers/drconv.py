@@ -697,9 +697,9 @@ class DRConv(LayerStateDict, nn.Module):
         # version 1 stored the basis bank as (B, k, k, Cg, out): the same numbers. One that does
         # not fit this layer stays as saved, so the mismatch message shows its real shape.
         saved, bank = state_dict.get(prefix + 'bank'), getattr(self, 'bank', None)
-        k = self.kernel_size[0]
-        if (isinstance(saved, torch.Tensor) and bank is not None and tuple(saved.shape) == (
-                bank.shape[0], k, k, bank.shape[1] // (k * k), bank.shape[2])):
+        k, cg = self.kernel_size[0], self.in_channels // self.groups
+        if (isinstance(saved, torch.Tensor) and bank is not None
+                and tuple(saved.shape) == (bank.shape[0], k, k, cg, bank.shape[-1])):
             state_dict[prefix + 'bank'] = saved.reshape(bank.shape)
             warnings.warn(
                 f'{prefix}bank: a DRConv basis bank of state-dict version 1, shape '

@@ -333,15 +333,19 @@ class WTConv(LayerStateDict, nn.Module):
         check_same_padding(padding, k, d)
         check_bool('bias', bias)
         self.wt_levels = check_int('wt_levels', wt_levels, 0)
-        bank, rec = wavelet_filter_bank(wt_type, torch.float64)  # cast to the input's dtype at use
         self.wt_type = wt_type
-
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        # the fixed filters (float64, cast to the input's dtype at use) are not in the state
+        # dict: after a load rebuild them where the weights landed (a layer built on the meta
+        # device, then load_state_dict(assign=True))
+        for name, filters in self._filters('cpu').items():  # checks wt_type
+            self.register_buffer(name, filters, persistent=False)
+        self.register_load_state_dict_post_hook(_rebuild_filters_after_load)
         self.kernel_size, self.stride, self.dilation = (k, k), (s, s), (d, d)
         self.padding = (same_padding(k, d)[0],) * 2
         self.transposed, self.output_padding = False, (0, 0)
         self.depthwise_only = in_channels == out_channels == groups
-        self.is_haar = bank.shape[-1] == 2
+        self.is_haar = self.wt_filter.shape[-1] == 2
         if impl not in ('auto', 'torch', 'triton'):
             raise ValueError(f"impl={impl!r}: use 'auto', 'torch' or 'triton'")
         if impl == 'triton' and not (_fused_ops().AVAILABLE and self.is_haar and k % 2):
@@ -351,11 +355,6 @@ class WTConv(LayerStateDict, nn.Module):
         self.impl = impl
 
         c = in_channels
-        self.register_buffer('wt_filter', bank.repeat(c, 1, 1).unsqueeze(1), persistent=False)
-        self.register_buffer('iwt_filter', rec.repeat(c, 1, 1).unsqueeze(1), persistent=False)
-        # the filters are not in the state dict: after a load rebuild them where the weights
-        # landed (a layer built on the meta device, then to_empty() or assign=True)
-        self.register_load_state_dict_post_hook(_rebuild_filters_after_load)
         self.base_conv = nn.Conv2d(c, c, k, padding='same', dilation=d, groups=c,
                                    bias=bias and self.depthwise_only)
         self.base_scale = _ChannelScale(c, 1.0)
@@ -378,7 +377,6 @@ class WTConv(LayerStateDict, nn.Module):
         as the dense conv it replaces gets; PyTorch's default when built alone)."""
         for m in (self.base_conv, self.base_scale, *self.wavelet_convs, *self.wavelet_scale):
             m.reset_parameters()
-        self._rebuild_filters()
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
