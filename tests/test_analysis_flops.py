@@ -144,6 +144,29 @@ def test_wtconv_count_matches_published_trace_and_formula(levels, size):
     assert ours['params'] == published['params'] - 2 * 4 * c * 4  # published keeps frozen filters
 
 
+@pytest.mark.parametrize('wt_type', ['db1', 'db2'])
+@pytest.mark.parametrize('levels,size', [(1, (16, 12)), (2, (15, 13)), (1, (5, 7))])
+def test_wtconv_stride_2_count_is_the_published_trace_less_the_skipped_work(wt_type, levels, size):
+    """At stride 2 the published layer computes everything at full resolution, then keeps every
+    second pixel with a strided 1x1 conv of ones (traced). Ours runs the base conv at the kept
+    pixels only, ceil(H/2) x ceil(W/2) of them, and with Haar the top-level inverse for them only,
+    a quarter of it."""
+    wt = _layer('WTConv').WTConv
+    from convzoo_mm.analysis.references import PublishedWTConv2d
+    n, c, k = 2, 3, 5
+    h, w = size
+    ho, wo = -(-h // 2), -(-w // 2)
+    layer = wt(c, c, k, 2, groups=c, wt_levels=levels, wt_type=wt_type)
+    ours = get_model_complexity(layer, torch.randn(n, c, h, w))['flops']
+    published = get_model_complexity(
+        PublishedWTConv2d(c, k, 2, True, levels, wt_type=wt_type), torch.randn(n, c, h, w))
+    skipped = n * c * ho * wo + n * c * k * k * (h * w - ho * wo)   # stride conv, base conv
+    if wt_type == 'db1':
+        top_inverse = n * c * (h + h % 2) * (w + w % 2) * 4
+        skipped += top_inverse - top_inverse // 4
+    assert ours == published['flops'] - skipped
+
+
 def test_wtconv_in_a_model_plus_pointwise():
     wt = _layer('WTConv').WTConv
     model = nn.Sequential(nn.Conv2d(3, 8, 1), wt(8, 16, 3, wt_levels=1))

@@ -87,7 +87,7 @@ def _published_wtconv(levels: int) -> Callable[[nn.Module], nn.Module]:
         ref = PublishedWTConv2d(layer.in_channels, layer.kernel_size[0], layer.stride[0],
                                 layer.base_conv.bias is not None, levels, layer.wt_type)
         missing, unexpected = ref.load_state_dict(layer.state_dict(), strict=False)
-        if unexpected or set(missing) - {'wt_filter', 'iwt_filter'}:
+        if unexpected or set(missing) - {'wt_filter', 'iwt_filter', 'stride_filter'}:
             raise RuntimeError(f'cannot copy WTConv weights into the published layer: missing '
                                f'{missing}, unexpected {unexpected}')
         return ref

@@ -34,7 +34,8 @@ class PublishedWTConv2d(nn.Module):
     """The published depthwise WTConv2d (Finder et al., ECCV 2024), written out plainly.
 
     Same parameters and state-dict names as the authors' layer (``base_conv``, ``base_scale``,
-    ``wavelet_convs.{i}``, ``wavelet_scale.{i}``, frozen ``wt_filter`` / ``iwt_filter``).
+    ``wavelet_convs.{i}``, ``wavelet_scale.{i}``, frozen ``wt_filter`` / ``iwt_filter`` and, at
+    stride > 1, the frozen ones ``stride_filter`` (C, 1, 1, 1) of its strided 1x1 conv).
     """
 
     def __init__(self, channels: int, kernel_size: int = 5, stride: int = 1, bias: bool = True,
@@ -51,6 +52,8 @@ class PublishedWTConv2d(nn.Module):
             nn.Conv2d(4 * channels, 4 * channels, kernel_size, padding='same',
                       groups=4 * channels, bias=False) for _ in range(wt_levels))
         self.wavelet_scale = nn.ModuleList(_Scale(4 * channels, 0.1) for _ in range(wt_levels))
+        if stride > 1:
+            self.stride_filter = nn.Parameter(torch.ones(channels, 1, 1, 1), requires_grad=False)
 
     def _wt(self, x):
         n, c, h, w = x.shape
@@ -87,7 +90,7 @@ class PublishedWTConv2d(nn.Module):
             rec = rec[:, :, :shape[2], :shape[3]]
         out = self.base_scale(self.base_conv(x)) + rec
         if self.stride > 1:
-            out = out[:, :, ::self.stride, ::self.stride]
+            out = F.conv2d(out, self.stride_filter, stride=self.stride, groups=self.channels)
         return out
 
 
