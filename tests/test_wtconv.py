@@ -257,6 +257,10 @@ BAD_ARGS = [
     (dict(padding=0), 'padding'),
     (dict(padding='valid'), 'padding'),
     (dict(kernel_size=4, padding=2), 'padding'),
+    (dict(kernel_size=4, padding=1), "padding=1 is not supported.*use padding=None or 'same'"),
+    (dict(kernel_size=4, padding=(1, 1)), 'padding=1 is not supported'),   # 'same' is (1, 2)
+    (dict(wt_levels=True), r'wt_levels must be an int, got True \(bool\)'),
+    (dict(in_channels=True), r'in_channels must be an int, got True \(bool\)'),
     (dict(bias='auto'), "bias must be True or False, got 'auto'"),
     (dict(bias=None), 'bias must be True or False'), (dict(bias=1), 'bias must be True or False'),
 ]
