@@ -159,12 +159,29 @@ def test_newer_checkpoint_is_named_when_it_does_not_fit():
     state._metadata = OrderedDict([('', {'version': 4})])
     with pytest.warns(StateDictMismatchWarning, match='newer convzoo_mm.*version 4.*up to 3'):
         Toy().load_state_dict(state, strict=False)
+    state._metadata = OrderedDict([('', {'version': 3})])     # today's version: not "newer"
+    with pytest.warns(StateDictMismatchWarning) as record:
+        Toy().load_state_dict(state, strict=False)
+    assert [str(w.message) for w in record if 'newer' in str(w.message)] == []
 
 
-def test_rename_table_must_fit_the_version():
-    with pytest.raises(TypeError, match=r'versions \[2\] outside 1..1'):
+def test_a_rename_never_overwrites_an_entry_already_under_the_new_name():
+    """An unversioned checkpoint holding both ``w`` (the oldest name) and ``kernel``: ``kernel``
+    keeps its own value; ``w`` becomes ``weight`` (version 2), which stays unexpected."""
+    state = OrderedDict([('w', torch.ones(2, 3)), ('kernel', torch.full((2, 3), 5.)),
+                         ('scale.weight', torch.ones(3))])
+    toy = Toy()
+    with pytest.warns(StateDictMismatchWarning, match=r'unexpected: weight\)'):
+        result = toy.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == ['weight']
+    assert torch.equal(toy.kernel, torch.full((2, 3), 5.))
+
+
+@pytest.mark.parametrize('version', [0, 2])
+def test_rename_table_must_fit_the_version(version):
+    with pytest.raises(TypeError, match=rf'versions \[{version}\] outside 1..1'):
         type('Bad', (LayerStateDict, nn.Module), {'_version': 1,
-                                                  '_state_dict_renames': {2: {'a': 'b'}}})
+                                                  '_state_dict_renames': {version: {'a': 'b'}}})
 
 
 def test_published_wtconv_filters_are_dropped_at_any_prefix():
