@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convzoo_mm.backbones.wtconvnext import WTConvNeXt, drop_path
+from convzoo_mm.backbones.wtconvnext import WTConvNeXt, drop_path, trainable_param_count
 
 SMALL = dict(depths=(1, 1, 2, 1), channels=(8, 16, 24, 32))
 
@@ -45,6 +45,7 @@ def test_param_counts_match_official(arch, conv_type):
     total = body_params(model) + timm_extras(depths, channels, conv_type == 'wtconv')
     expected = (OFFICIAL_WT_TOTAL if conv_type == 'wtconv' else OFFICIAL_CONVNEXT_TOTAL)[arch]
     assert total == expected
+    assert trainable_param_count(depths, channels, conv_type) == body_params(model)
     if arch == 'tiny' and conv_type == 'wtconv':
         assert body_params(model) == 29_613_120   # published stem + stages, trainable
     # frozen filters are buffers, not parameters, and not saved
@@ -176,7 +177,7 @@ def test_out_indices_and_odd_input():
 def test_gap_before_final_norm():
     model = WTConvNeXt(SMALL, conv_type='plain', out_indices=3, gap_before_final_norm=True)
     model.eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 64, 64)   # the last stage is 2x2: a mean, not any one pixel or a max
     out, = model(x)
     assert out.shape == (2, 32)
     feat = x
@@ -245,6 +246,10 @@ def test_drop_path_rates_and_function():
 
 def test_default_init_and_layer_scale():
     model = WTConvNeXt(SMALL, layer_scale_init_value=1e-6, wt_levels=(1, 1, 1, 1))
+    with torch.no_grad():   # the scales as training leaves them: init_weights must reset them
+        for name, p in model.named_parameters():
+            if '_scale' in name:
+                p.fill_(7.)
     model.init_weights()
     for stage in model.stages:
         for blk in stage:
