@@ -460,6 +460,31 @@ def test_compiled_layer_runs_the_custom_ops(backend):
     torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-5)
 
 
+class _ReportsCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: the automatic choice's conditions checked on CI."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def test_automatic_choice_conditions_without_a_gpu(monkeypatch):
+    from convzoo_mm.layers import wtconv
+
+    def cuda_like(shape=(1, 4, 8, 8), dtype=torch.float32):
+        return torch.empty(shape, dtype=dtype).as_subclass(_ReportsCuda)
+    layer = WTConv(4, 4, 5, groups=4, wt_levels=2)
+    assert layer.uses_fused_kernels(cuda_like())
+    assert layer.uses_fused_kernels(cuda_like(dtype=torch.bfloat16))
+    assert not layer.uses_fused_kernels(cuda_like(dtype=torch.float64))   # float64: exact path
+    assert not layer.uses_fused_kernels(cuda_like((0, 4, 8, 8)))
+    assert not WTConv(4, 4, 4, groups=4).uses_fused_kernels(cuda_like())
+    assert not WTConv(4, 4, 5, groups=4, wt_type='db2').uses_fused_kernels(cuda_like())
+    assert not WTConv(4, 4, 5, groups=4, impl='torch').uses_fused_kernels(cuda_like())
+    monkeypatch.setattr(wtconv, 'tracing', lambda: True)                  # export / jit.trace
+    assert not layer.uses_fused_kernels(cuda_like())
+
+
 def test_fused_path_steps_aside_for_portable_graphs():
     """jit.trace (ONNX export, FLOP counters) and torch.export record graphs for use outside
     this process: there the fast-path switch is on and WTConv takes the PyTorch path, while
