@@ -9,6 +9,7 @@ documented surrogate gradient.
 """
 import copy
 import math
+import re
 import warnings
 
 import pytest
@@ -179,6 +180,45 @@ def test_guide_gradient_is_softmax_jacobian_of_region_responses():
     torch.testing.assert_close(guides[0].grad, want, rtol=1e-9, atol=1e-12)
 
 
+def test_guide_gradient_of_a_region_that_no_position_takes():
+    """A region that wins nowhere still has softmax weight, so its response a_r enters the guide
+    gradient: region 3's guide filter is region 0's with a bias 1e-3 lower (it never wins, its
+    weight is ~S_0). m=4 < k*k runs the tap-mix backward, which walks the regions present."""
+    layer = make(4, 5, 3, 1, 1, 1, 1, 4, 'full')
+    with torch.no_grad():
+        layer.guide.weight[3] = layer.guide.weight[0]
+        layer.guide.bias[3] = layer.guide.bias[0] - 1e-3
+    x = torch.randn(2, 4, 6, 7, dtype=torch.double, requires_grad=True)
+    assert not (layer.guide(x).argmax(1) == 3).any()
+    out = layer(x)
+    grad = torch.randn_like(out)
+    inputs = [x] + list(layer.parameters())
+    got = torch.autograd.grad(out, inputs, grad)
+    want = torch.autograd.grad(oracle(layer, x), inputs, grad)
+    for name, a, b in zip(['x'] + [n for n, _ in layer.named_parameters()], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize('gen', GENS)
+def test_guide_ties_take_the_first_region(gen):
+    """Equal guide scores (a zero guide) pick region 0, like argmax, in the fast path and in the
+    export form: output and dL/dx are the conv with region 0's filter."""
+    layer = make(4, 6, 3, 1, 1, 1, 1, 4, gen)
+    with torch.no_grad():
+        layer.guide.weight.zero_()
+        layer.guide.bias.zero_()
+    x = torch.randn(2, 4, 7, 8, dtype=torch.double, requires_grad=True)
+    filters = oracle_filters(layer, x)
+    want = torch.cat([F.conv2d(x[n:n + 1], filters[n, 0], layer.bias, 1, 1) for n in range(2)])
+    grad = torch.randn_like(want)
+    want_gx, = torch.autograd.grad(want, x, grad)
+    for forward in (layer, layer.forward_naive):
+        out = forward(x)
+        torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], want_gx, rtol=1e-10,
+                                   atol=1e-10)
+
+
 def test_mask_is_one_hot_argmax_not_softmax_mixture():
     layer = make(3, 4, 3, 1, 1, 1, 1, 3, 'full')
     x = torch.randn(1, 3, 6, 6, dtype=torch.double)
@@ -314,6 +354,27 @@ def test_parameter_count_formula(gen, kw):
     assert sum(p.numel() for p in layer.parameters()) == want + guide + o
 
 
+@pytest.mark.parametrize('saved,built,words', [
+    (dict(), dict(gen_channels=8), 'gen_channels=4, this layer was built with gen_channels=8'),
+    (dict(generator='basis', num_bases=3), dict(generator='basis', num_bases=5),
+     'num_bases=3, this layer was built with num_bases=5'),
+    (dict(generator='basis', head_channels=8), dict(generator='basis', head_channels=12),
+     'head_channels=8, this layer was built with head_channels=12'),
+    (dict(), dict(generator='basis'), "generator='full', this layer was built with "
+                                      "generator='basis'"),
+])
+def test_checkpoint_with_other_generator_options_names_them(saved, built, words):
+    """The shapes of a checkpoint imply the generator's options; a mismatch names them (in
+    the load error when shapes differ, in a warning before torch's key lists otherwise)."""
+    src = DRConv(4, 6, 3, padding=1, num_regions=2, **saved)
+    dst = DRConv(4, 6, 3, padding=1, num_regions=2, **built)
+    with pytest.raises(RuntimeError) as error, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        dst.load_state_dict(src.state_dict())
+    said = [str(error.value)] + [str(w.message) for w in caught]
+    assert any(re.search('saved with .*' + words, text) for text in said), said
+
+
 @pytest.mark.parametrize('gen', GENS)
 def test_init_gives_kaiming_scaled_filters(gen):
     torch.manual_seed(0)
@@ -324,6 +385,14 @@ def test_init_gives_kaiming_scaled_filters(gen):
         target = math.sqrt(2 / (64 * 9))
         assert 0.6 * target < std < 1.6 * target
         regions = layer.guide(x).argmax(1)
+    # the documented std of the generator's last layer: the generated filter sums `terms`
+    # products with sigmoid outputs near 0.5, so terms * 0.25 * std**2 = 2 / (Cg * k * k)
+    if gen == 'full':
+        terms, bank = layer.gen_channels // 8, layer.gen_bank[:, :-1]
+        assert torch.count_nonzero(layer.gen_bank[:, -1]) == 0   # its bias row
+    else:
+        terms, bank = layer.num_bases, layer.bank
+    assert abs(bank.std().item() / math.sqrt(target ** 2 / (0.25 * terms)) - 1) < 0.02
     assert len(regions.unique()) >= 4  # the guide splits the plane from the start
 
 
@@ -553,16 +622,17 @@ def test_traced_export_path_is_exact_at_any_batch_and_size():
     eager naive form folds the batch into a conv's groups, a constant of a graph). The im2col
     takes the layer's kernel size, not a traced one (no TracerWarning about it)."""
     torch.manual_seed(0)
-    layer = DRConv(4, 6, 3, 2, 1, 1, 2, num_regions=3).eval()
     x1 = torch.randn(2, 4, 9, 10)
-    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always', torch.jit.TracerWarning)
-        traced = torch.jit.trace(layer, (x1, ), check_trace=False)
-    assert not [w for w in caught if 'Python integer' in str(w.message)], [
-        f'{w.filename}:{w.lineno}' for w in caught]
-    with torch.no_grad():
-        for x in (torch.randn(2, 4, 9, 10), torch.randn(3, 4, 12, 7)):
-            torch.testing.assert_close(traced(x), layer(x), rtol=1e-5, atol=1e-5)
+    for layer in (DRConv(4, 6, 3, 2, 1, 1, 2, num_regions=3).eval(),
+                  DRConv(4, 6, 3, 1, 2, 2, num_regions=3).eval()):          # dilation 2
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', torch.jit.TracerWarning)
+            traced = torch.jit.trace(layer, (x1, ), check_trace=False)
+        assert not [w for w in caught if 'Python integer' in str(w.message)], [
+            f'{w.filename}:{w.lineno}' for w in caught]
+        with torch.no_grad():
+            for x in (torch.randn(2, 4, 9, 10), torch.randn(3, 4, 12, 7)):
+                torch.testing.assert_close(traced(x), layer(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('dcn,error,word', [

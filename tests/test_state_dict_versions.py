@@ -65,6 +65,15 @@ def test_drconv_version_1_basis_bank_loads(metadata, load):
     with pytest.raises(RuntimeError, match=r'bank is \(2, 3, 3, 4, 6\) in the checkpoint.*'
                                            r'out_channels=6'):
         wrong.load_state_dict(old)
+    # ... also when it has as many elements as this layer's bank (its 2x6 = 12 out-channels
+    # of 2 inputs per group: (2, 3, 3, 2, 12); this layer's bank (2, 36, 6))
+    other = DRConv(4, 12, 3, padding=1, groups=2, num_regions=2, generator='basis')
+    same_size = OrderedDict((k, v.clone()) for k, v in other.state_dict().items())
+    same_size['bank'] = same_size['bank'].view(2, 3, 3, 2, 12)
+    same_size._metadata = OrderedDict([('', {'version': 1})])
+    assert same_size['bank'].numel() == dst.bank.numel()
+    with pytest.raises(RuntimeError, match=r'bank is \(2, 3, 3, 2, 12\) in the checkpoint'):
+        dst.load_state_dict(same_size)
 
 
 @pytest.mark.parametrize('name', LAYERS)
