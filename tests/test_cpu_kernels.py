@@ -69,6 +69,12 @@ def test_depthwise_conv2d_gradcheck():
 def test_depthwise_conv2d_falls_back_off_its_domain():
     x = torch.randn(1, 4, 6, 6, requires_grad=True)
     w = torch.randn(4, 1, 3, 3, requires_grad=True)
+    y = cpu_kernels.depthwise_conv2d(x, w, None, 0)          # not 'same' padding: F.conv2d
+    assert y.shape == (1, 4, 4, 4) and 'DepthwiseConv2d' not in y.grad_fn.name()
+    g = torch.randn_like(y)
+    want = F.conv2d(x, w, None, 1, 0, 1, 4)
+    for a, b in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(want, (x, w), g)):
+        torch.testing.assert_close(a, b)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         y = cpu_kernels.depthwise_conv2d(x, w, None, 1)
     assert 'DepthwiseConv2d' not in y.grad_fn.name()

@@ -45,11 +45,16 @@ def _ceil_sizes(h, w, n):
 
 # ------------------------------------------------------------------ alpha 0 == plain ResNet
 @pytest.mark.parametrize('style', ['pytorch', 'caffe'])
-def test_alpha0_equals_mmdet_resnet(style):
+@pytest.mark.parametrize('widths', [THIN, dict(stem_channels=64, base_channels=16,
+                                               strides=(2, 2, 2, 2))],
+                         ids=['thin', 'strided-first-stage-same-width'])
+def test_alpha0_equals_mmdet_resnet(style, widths):
+    """Also a first stage of stride 2 whose input already has its output width (64 = 4 x 16):
+    its first block still needs the projection shortcut."""
     mmdet_bb = pytest.importorskip('mmdet.models.backbones')
     torch.manual_seed(0)
-    ref = mmdet_bb.ResNet(depth=50, style=style, norm_eval=False, **THIN)
-    oct_ = OctResNet(depth=50, alpha=0.0, style=style, norm_eval=False, **THIN)
+    ref = mmdet_bb.ResNet(depth=50, style=style, norm_eval=False, **widths)
+    oct_ = OctResNet(depth=50, alpha=0.0, style=style, norm_eval=False, **widths)
     _randomize_bn(ref)
     oct_.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(2, 3, 61, 50)

@@ -453,6 +453,9 @@ def test_plain_checkpoint_loads_and_names():
     assert torch.equal(m.weight, conv.weight)
     m.init_weights()
     assert torch.count_nonzero(m.bias) == 0 and abs(m.weight.std().item() - (2 / 144) ** .5) < .05
+    wide = OctaveConv(64, 256, 1, alpha_in=0.5, alpha_out=0.5)   # fan_out 256, fan_in 64
+    wide.init_weights()
+    assert abs(wide.weight.std().item() / (2 / 256) ** .5 - 1) < .05
 
 
 @pytest.mark.parametrize('kwargs,word', [
@@ -540,6 +543,18 @@ def test_octave_norm_equals_separate_batchnorms(cls, momentum):
     torch.testing.assert_close(bn.running_var, torch.cat([bh.running_var, bl.running_var]))
     assert int(bn.num_batches_tracked) == int(bl.num_batches_tracked) == 3
     bn.eval(), bh.eval(), bl.eval()
+    yh, yl = octave_norm(bn, (xh, xl))
+    torch.testing.assert_close(yh, bh(xh))
+    torch.testing.assert_close(yl, bl(xl))
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_octave_norm_without_running_statistics(train):
+    """BN with track_running_stats=False normalises with the batch statistics in eval too."""
+    bn = nn.BatchNorm2d(10, track_running_stats=False).train(train)
+    bh = nn.BatchNorm2d(6, track_running_stats=False).train(train)
+    bl = nn.BatchNorm2d(4, track_running_stats=False).train(train)
+    xh, xl = torch.randn(2, 6, 8, 8) + 1, torch.randn(2, 4, 4, 4) * 3
     yh, yl = octave_norm(bn, (xh, xl))
     torch.testing.assert_close(yh, bh(xh))
     torch.testing.assert_close(yl, bl(xl))
