@@ -70,9 +70,17 @@ def test_seg_config_runs_unchanged_with_mmseg_shipped_train_tool(demo_data, tmp_
 
 
 def test_tools_help():
+    import subprocess
     for tool in ('train.py', 'test.py', 'run_demo.py'):
         proc = run_tool(tool, '--help')
         assert 'usage' in proc.stdout.lower()
+    # too few arguments: a usage error (exit 2, the usage on stderr), nothing run
+    for args in (['train.py'], ['test.py'], ['test.py', 'c.py']):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', *args[:1]), *args[1:]],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+        assert proc.returncode == 2 and proc.stdout == '', args
+        assert 'usage: python tools/' in proc.stderr, args
 
 
 @pytest.mark.parametrize('script,words,bad', [

@@ -14,6 +14,7 @@ from convzoo_mm.runner import run_mm_tool, tool_scope  # noqa: E402
 
 if __name__ == '__main__':
     if len(sys.argv) < 3 or sys.argv[1] in ('-h', '--help'):
-        print(__doc__)
-        sys.exit(0 if len(sys.argv) > 1 and sys.argv[1] in ('-h', '--help') else 2)
+        asked = len(sys.argv) > 1 and sys.argv[1] in ('-h', '--help')
+        print(__doc__, file=sys.stdout if asked else sys.stderr)  # a usage error: stderr, exit 2
+        sys.exit(0 if asked else 2)
     run_mm_tool('test', sys.argv[1:], tool_scope(sys.argv[1:], 'tools/test.py'))
