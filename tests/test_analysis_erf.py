@@ -19,6 +19,14 @@ def test_area_ratios_of_known_maps():
     r = erf_area_ratios(erf, (0.2, 0.5, 0.99))
     assert r == {0.2: 1 / 121, 0.5: 1 / 121, 0.99: 25 / 121}
     assert erf_area_ratios(np.ones((10, 10)), (1.0, ))[1.0] == 1.0
+    # even and non-square maps: the centre is (h // 2, w // 2), as in compute_erf, and the
+    # ratio is of the map's own area
+    even = np.zeros((10, 10))
+    even[5, 5] = 1.0
+    assert erf_area_ratios(even, (0.5, )) == {0.5: 1 / 100}
+    tall = np.zeros((9, 5))
+    tall[4, 2] = 1.0
+    assert erf_area_ratios(tall, (0.5, )) == {0.5: 1 / 45}
     with pytest.raises(ValueError, match='zeros'):
         erf_area_ratios(np.zeros((4, 4)))
 

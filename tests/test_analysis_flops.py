@@ -167,6 +167,33 @@ def test_wtconv_stride_2_count_is_the_published_trace_less_the_skipped_work(wt_t
     assert ours == published['flops'] - skipped
 
 
+def test_wtconv_stride_2_without_levels_is_a_strided_depthwise_conv():
+    """Odd sizes at stride 2: ceil(H/2) x ceil(W/2) outputs, each k*k MACs per channel, as
+    torch's FlopCounterMode counts the layer's own convolution."""
+    from torch.utils.flop_counter import FlopCounterMode
+    layer = _layer('WTConv').WTConv(6, 6, 5, 2, groups=6, wt_levels=0)
+    x = torch.randn(1, 6, 15, 13)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        y = layer(x)
+    assert y.shape == (1, 6, 8, 7)
+    assert layer.count_flops(tuple(x.shape)) == counter.get_total_flops() // 2 == y.numel() * 25
+
+
+def test_inputs_of_a_split_octave_layer_are_recorded_per_branch():
+    """A split-mode OctaveConv takes a (high, low) pair: the record keeps both shapes."""
+    oc = _layer('OctaveConv').OctaveConv
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.oc = oc(8, 8, 3, padding=1, alpha_in=0.5, alpha_out=0.5, split=True)
+
+        def forward(self, x):
+            return self.oc((x[:, :4], x[:, 4:, ::2, ::2]))
+    res = get_model_complexity(Wrap(), torch.randn(1, 8, 16, 16), show_table=False)
+    assert res['layers']['oc']['input_shapes'] == [((1, 4, 16, 16), (1, 4, 8, 8))]
+
+
 def test_wtconv_in_a_model_plus_pointwise():
     wt = _layer('WTConv').WTConv
     model = nn.Sequential(nn.Conv2d(3, 8, 1), wt(8, 16, 3, wt_levels=1))
