@@ -25,30 +25,47 @@ class FakeClock:
         return self
 
 
+class CallLog(list):
+    """Names of the fake modules in the order they ran, shared by the harness's copies."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 class _Tick(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, clock, dt_bwd):
-        ctx.clock, ctx.dt_bwd = clock, dt_bwd
+    def forward(ctx, x, cost):
+        ctx.cost = cost
         return x * 1.0
 
     @staticmethod
     def backward(ctx, g):
-        ctx.clock.now += ctx.dt_bwd
-        return g, None, None
+        cost = ctx.cost
+        cost.clock.now += cost.dt_bwd + (cost.first_bwd if cost.backwards == 0 else 0.0)
+        cost.backwards += 1
+        return g, None
 
 
 class FakeCost(nn.Module):
-    """Forward costs ``dt_fwd`` fake seconds, backward ``dt_bwd``."""
+    """Forward costs ``dt_fwd`` fake seconds (``dt_fwd_cl`` on a channels_last input), backward
+    ``dt_bwd`` (the first backward of each copy ``first_bwd`` more, like a first-call autotune);
+    each forward appends ``name`` to ``log``."""
 
-    def __init__(self, clock, dt_fwd, dt_bwd):
+    def __init__(self, clock, dt_fwd, dt_bwd, dt_fwd_cl=None, first_bwd=0.0, name='', log=None):
         super().__init__()
         self.clock, self.dt_fwd, self.dt_bwd = clock, dt_fwd, dt_bwd
+        self.dt_fwd_cl, self.first_bwd, self.backwards = dt_fwd_cl, first_bwd, 0
+        self.name, self.log = name, CallLog() if log is None else log
         self.weight = nn.Parameter(torch.ones(1))
 
     def forward(self, x):
-        self.clock.now += self.dt_fwd
-        return _Tick.apply(x * self.weight, self.clock, self.dt_bwd)
+        channels_last = not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
+        fast = channels_last and self.dt_fwd_cl is not None
+        self.clock.now += self.dt_fwd_cl if fast else self.dt_fwd
+        self.log.append(self.name)
+        return _Tick.apply(x * self.weight, self)
 
 
 def _fake_case(clock):
@@ -73,6 +90,47 @@ def test_ratios_come_from_both_measured_sides():
     assert ratios['fast']['speedup_fwd'] == pytest.approx(1.0 / 2.0)
     assert ratios['fast']['speedup_fwd_bwd'] == pytest.approx(2.0 / 8.0)
     assert ratios['fast']['speedup_fwd_bwd_spread'] == pytest.approx((0.25, 0.25))
+
+
+def test_fastest_format_warmup_and_interleaved_repeats():
+    """Each module is reported in its fastest memory format; warmup calls (here the one with a
+    100 s first backward) are not timed; every repeat visits every (module, format) in turn."""
+    clock, log = FakeClock(), CallLog()
+    case = BenchCase('L', 'c', (1, 2, 4, 4),
+                     lambda: FakeCost(clock, 3.0, 1.0, dt_fwd_cl=1.0, first_bwd=100.0, name='L',
+                                      log=log),
+                     {'R': lambda layer: FakeCost(clock, 2.0, 1.0, name='R', log=log)})
+    rows = {r['module']: r for r in benchmark_case(
+        case, repeats=2, warmup=1, timer=clock, formats=('nchw', 'channels_last'),
+        measure_memory=False, log=lambda s: None)}
+    assert rows['L']['fwd']['median'] == 1.0 and rows['L']['fwd']['format'] == 'channels_last'
+    assert rows['L']['fwd_bwd']['median'] == 2.0
+    assert rows['R']['fwd']['median'] == 2.0
+    # 4 set-up forwards and 4 warmup forwards, then the timed forwards, one per runner a repeat
+    assert log[8:16] == ['L', 'L', 'R', 'R'] * 2
+
+
+@pytest.mark.parametrize('shift,match', [(2e-3, True), (2e-1, False)])
+def test_exactness_tolerance_is_relative_to_the_output_size(shift, match):
+    """atol 1e-5 times the largest output: a 2e-3 shift of outputs near 1000 is float rounding
+    (2e-6 relative), a 0.2 shift is not."""
+    def make():
+        conv = nn.Conv2d(4, 4, 1)
+        with torch.no_grad():
+            conv.bias.fill_(1000.)
+        return conv
+
+    def shifted(layer):
+        ref = make()
+        ref.load_state_dict(layer.state_dict())
+        with torch.no_grad():
+            ref.bias += shift
+        return ref
+    case = BenchCase('C', 'c', (1, 4, 4, 4), make, {'ref': shifted}, exact=('ref', ))
+    rows = {r['module']: r for r in benchmark_case(case, repeats=1, warmup=0,
+                                                    measure_memory=False, log=lambda s: None)}
+    assert rows['ref']['max_abs_diff'] == pytest.approx(shift, rel=0.05)
+    assert rows['ref']['outputs_match'] is match
 
 
 def test_ratio_rows_use_medians_and_quartiles():
