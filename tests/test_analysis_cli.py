@@ -75,6 +75,30 @@ def test_compare_steps_ratios_from_both_models():
         compare_steps(steps, 'nope', log=lambda s: None)
 
 
+def test_compare_steps_warmup_and_memory_ratio():
+    """Warmup calls are not timed (a first call of 100 s); peak memory ratios are the step's
+    over the baseline's (8000 vs 4000 bytes allocated)."""
+    clock = Clock()
+    calls = []
+
+    def slow_first():
+        calls.append(1)
+        clock.now += 100.0 if len(calls) == 1 else 1.0
+
+    def allocate(n):
+        def step():
+            clock.now += 1.0
+            return torch.empty(n)
+        return step
+    rows = compare_steps({'wt': dict(train=slow_first, infer=allocate(2000)),
+                          'base': dict(train=clock.cost(1.0), infer=allocate(1000))}, 'base',
+                         repeats=1, warmup=1, timer=clock, log=lambda s: None)
+    by = {(r['model'], r['kind']): r for r in rows}
+    assert by[('wt', 'train')]['median'] == 1.0
+    assert by[('wt', 'infer')]['mem_ratio'] == pytest.approx(2.0)
+    assert by[('base', 'infer')]['mem_ratio'] == 1.0
+
+
 def test_layer_benchmark_cli_tiny(tmp_path):
     proc = run_tool('analysis/benchmark_layers.py', '--preset', 'tiny', '--layers', 'WTConv',
                     '--repeats', '1', '--warmup', '0', '--formats', 'nchw', '--out-dir',
@@ -207,6 +231,11 @@ def test_pairs_table_from_fake_rows():
     table = pairs_table([dict(config='configs/x/a_mine.py', baseline='configs/x/a_base.py',
                               rows=rows)])
     assert '| a_mine | a_base | 300 (vs 200) | 1.50× | 100 (vs 200) | 0.50× | - |' in table
+    for row in rows:   # the memory column is the train step's ratio, not the inference one's
+        row['mem_ratio'] = {'train': 3.0, 'infer': 0.5}[row['kind']]
+    table = pairs_table([dict(config='configs/x/a_mine.py', baseline='configs/x/a_base.py',
+                              rows=rows)])
+    assert table.splitlines()[-1].endswith('| 0.50× | 3.00× |')
 
 
 def test_config_suite_cli_one_pair(tmp_path):
