@@ -24,7 +24,7 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000)
 
 
 def _write_run(work_dir, name, config_text, lines, stamp='20260101_120000'):
-    os.makedirs(os.path.join(work_dir, stamp, 'vis_data'))
+    os.makedirs(os.path.join(work_dir, stamp, 'vis_data'), exist_ok=True)
     with open(os.path.join(work_dir, f'{name}.py'), 'w') as f:
         f.write(config_text)
     with open(os.path.join(work_dir, stamp, 'vis_data', 'scalars.json'), 'w') as f:
@@ -54,6 +54,22 @@ def test_detection_row(tmp_path):
     table = results_table([row])
     assert ('| ResNet-50 | WTConv (wt_levels=2) in backbone | 1x | 2.5 | 37.3 | 34.2 | - | '
             '[mask-rcnn_r50-wtconv_fpn_1x_coco]') in table
+
+
+def test_newest_run_and_its_last_evaluation(tmp_path):
+    """A work_dir trained twice: the newer run counts, with its last evaluation (not its best);
+    36 epochs are '3x'."""
+    wd = str(tmp_path / 'det')
+    config = DET_CONFIG.replace('max_epochs=12', 'max_epochs=36')
+    _write_run(wd, 'm', config, [dict(lr=0.02, loss=1.0, step=1), {'coco/bbox_mAP': 0.9,
+                                                                     'step': 1}],
+               stamp='20260101_120000')
+    _write_run(wd, 'm', config, [dict(lr=0.02, loss=1.0, step=1),
+                                 {'coco/bbox_mAP': 0.40, 'step': 1},
+                                 {'coco/bbox_mAP': 0.373, 'step': 2}], stamp='20260102_080000')
+    row = summarize_work_dir(wd)
+    assert row['box_ap'] == pytest.approx(37.3)
+    assert row['lr_schd'] == '3x'
 
 
 def test_segmentation_row_without_memory(tmp_path):
@@ -113,3 +129,8 @@ def test_cli_writes_table_and_curves(tmp_path):
     with pytest.raises(AssertionError, match='no run with logged scalars'):
         os.makedirs(tmp_path / 'empty')
         run_tool('analysis/summarize.py', str(tmp_path / 'empty'), '--out-dir', out)
+    # --skip-bad: the unreadable one is skipped with a warning, the table has the other
+    proc = run_tool('analysis/summarize.py', str(tmp_path / 'empty'), wd, '--skip-bad',
+                    '--out-dir', out)
+    assert '| ResNetV1c-50 | OctaveConv' in proc.stdout
+    assert f'warning: skipping {tmp_path / "empty"}: ' in proc.stderr
