@@ -13,7 +13,7 @@ from tests.utils import ROOT, run_tool
 pytest.importorskip('mmdet')
 pytest.importorskip('mmcv.ops')
 
-from convzoo_mm.analysis.mm_models import build_model, model_complexity  # noqa: E402
+from convzoo_mm.analysis.mm_models import build_model, load_config, model_complexity  # noqa: E402
 
 SHAPE = (96, 128)
 C = 32  # RoI feature channels of the tiny detectors
@@ -113,6 +113,15 @@ def test_get_flops_cli_roi_options(tmp_path):
     proc = run_tool('analysis/get_flops.py', path, '--shape', *SHAPE, '--rpn-proposals',
                     '--max-depth', 1)
     assert 'RPN proposals (mmdet 3 convention' in proc.stdout
+    # defaults 1000 / 100 RoIs; --cfg-options reach the counted model; H x W in that order
+    opts = {'model.rpn_head.feat_channels': 16}
+    proc = run_tool('analysis/get_flops.py', path, '--shape', *SHAPE, '--max-depth', 1,
+                    '--cfg-options', 'model.rpn_head.feat_channels=16')
+    assert 'bbox heads on 1000, mask heads on 100 per stage' in proc.stdout
+    assert 'Input shape: (96, 128) (padded to (96, 128))' in proc.stdout
+    torch.manual_seed(0)
+    flops = model_complexity(load_config(path, opts), SHAPE, rois=1000, mask_rois=100)['flops']
+    assert f'({flops} MACs)' in proc.stdout
 
 
 @pytest.mark.slow
