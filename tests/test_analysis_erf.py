@@ -131,3 +131,31 @@ def test_inline_backbone_spec_takes_cfg_options_and_detector_checkpoints(tmp_pat
     torch.save({'state_dict': {'head.fc.weight': torch.zeros(1)}}, tmp_path / 'other.pth')
     with pytest.raises(ValueError, match='none of its 1 entries'):
         backbone_from_config(SPEC, checkpoint=str(tmp_path / 'other.pth'))
+
+
+def test_erf_cli_uses_its_images_and_cfg_options(tmp_path):
+    """tools/analysis/erf.py: the first --num-images images of the folder, the backbone with
+    --cfg-options applied, seeded: its ratios equal compute_erf on the same inputs."""
+    import json
+
+    from convzoo_mm.analysis.mm_models import backbone_from_config
+    from tests.utils import run_tool
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            folder / f'{i}.png')
+    spec = SPEC[:-1] + ', out_indices=(1, ))'
+    out = str(tmp_path / 'erf.png')
+    proc = run_tool('analysis/erf.py', spec, '--names', 'a', '--size', '64', '--num-images', '2',
+                    '--images', str(folder), '--out', out, '--cfg-options',
+                    'model.backbone.layer_scale_init_value=1.0', env=dict(OMP_NUM_THREADS='1'))
+    assert f'ERF on 2 images from {folder}' in proc.stderr
+    torch.manual_seed(0)                                   # the tool's default --seed
+    backbone = backbone_from_config(
+        spec, cfg_options={'model.backbone.layer_scale_init_value': 1.0})
+    want = erf_area_ratios(compute_erf(backbone, load_images(find_images(str(folder))[:2], 64)))
+    with open(out[:-4] + '.json') as f:
+        got = json.load(f)['a']
+    assert got == pytest.approx({str(k): v for k, v in want.items()})
