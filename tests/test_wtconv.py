@@ -146,6 +146,22 @@ def test_filters_are_frozen_buffers_and_published_state_dict_loads():
         WTConv(6, 6, 5, groups=6, wt_levels=1).load_state_dict(other)
 
 
+def test_filters_are_built_beside_the_weights_under_a_default_device():
+    """Under ``with torch.device(...)`` / ``torch.set_default_device`` the fixed filters land on
+    the weights' device, so a non-Haar layer (which convolves with them) runs there. On a
+    machine without a GPU the other device is meta."""
+    x = torch.randn(2, 4, 11, 9)
+    ref = WTConv(4, 4, 5, groups=4, wt_type='db2', wt_levels=2)
+    for device in ['meta'] + (['cuda'] if torch.cuda.is_available() else []):
+        with torch.device(device):
+            layer = WTConv(4, 4, 5, groups=4, wt_type='db2', wt_levels=2)
+        assert layer.wt_filter.device == layer.iwt_filter.device == layer.base_conv.weight.device
+        assert layer.base_conv.weight.device.type == device
+        if device != 'meta':
+            layer.load_state_dict(ref.state_dict())
+            torch.testing.assert_close(layer(x.to(device)).cpu(), ref(x))
+
+
 def test_filters_keep_full_precision_through_dtype_round_trips():
     """The fixed filters are rebuilt from float64 when a dtype conversion changes them, so
     .half().float() (or .to(bfloat16) and back) leaves a db2 layer's filters as a fresh

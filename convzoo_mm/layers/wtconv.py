@@ -334,18 +334,12 @@ class WTConv(LayerStateDict, nn.Module):
         check_bool('bias', bias)
         self.wt_levels = check_int('wt_levels', wt_levels, 0)
         self.wt_type = wt_type
+        self.is_haar = check_wavelet(wt_type).dec_len == 2
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        # the fixed filters (float64, cast to the input's dtype at use) are not in the state
-        # dict: after a load rebuild them where the weights landed (a layer built on the meta
-        # device, then load_state_dict(assign=True))
-        for name, filters in self._filters('cpu').items():  # checks wt_type
-            self.register_buffer(name, filters, persistent=False)
-        self.register_load_state_dict_post_hook(_rebuild_filters_after_load)
         self.kernel_size, self.stride, self.dilation = (k, k), (s, s), (d, d)
         self.padding = (same_padding(k, d)[0],) * 2
         self.transposed, self.output_padding = False, (0, 0)
         self.depthwise_only = in_channels == out_channels == groups
-        self.is_haar = self.wt_filter.shape[-1] == 2
         if impl not in ('auto', 'torch', 'triton'):
             raise ValueError(f"impl={impl!r}: use 'auto', 'torch' or 'triton'")
         if impl == 'triton' and not (_fused_ops().AVAILABLE and self.is_haar and k % 2):
@@ -365,6 +359,12 @@ class WTConv(LayerStateDict, nn.Module):
                                            for _ in range(self.wt_levels))
         self.pointwise = None if self.depthwise_only else nn.Conv2d(
             c, out_channels, 1, groups=groups, bias=bias)
+        # the fixed filters (float64, cast to the input's dtype at use) beside the weights (a
+        # default device such as 'cuda' or 'meta' included); not in the state dict: after a load
+        # rebuilt where the weights landed (meta build, then load_state_dict(assign=True))
+        for name, filters in self._filters(self.base_conv.weight.device).items():
+            self.register_buffer(name, filters, persistent=False)
+        self.register_load_state_dict_post_hook(_rebuild_filters_after_load)
         self.init_weights()
 
     # Called when built, and by mmengine after the init_cfg of a BaseModule parent (ResNet
