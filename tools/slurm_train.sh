@@ -5,10 +5,9 @@
 # SRUN_ARGS (extra srun arguments); interpreter as in tools/pick_python.sh (CONVZOO_PYTHON, the
 # active env's, .venv's).
 set -euo pipefail
-if [ $# -lt 4 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  case "${1:-}" in -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0;; esac
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
-fi
+usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
+case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+if [ $# -lt 4 ]; then usage >&2; exit 2; fi
 PARTITION=$1; JOB_NAME=$2; CONFIG=$3; WORK_DIR=$4; shift 4
 GPUS=${GPUS:-8}; GPUS_PER_NODE=${GPUS_PER_NODE:-8}; CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 DIR="$(cd "$(dirname "$0")/.." && pwd)"
