@@ -57,6 +57,7 @@ class OctBottleneck(BaseModule):
         norm_cfg (dict): norm of every conv.
         alpha_in (float): low fraction of the input (0 for a plain input tensor).
         alpha (float): low fraction of the middle and output features (0 for plain output).
+        init_cfg (dict | list[dict] | None): mmengine initialisation config.
 
     Input/output: a tensor (alpha 0) or a tuple ``(high (N, C_h, H, W), low (N, C_l,
     ceil(H/2), ceil(W/2)))``.

@@ -13,7 +13,8 @@ Parameters are named as in mmpretrain's ``ConvNeXt`` (``downsample_layers.{i}.{0
 output), so
 
 * mmpretrain ImageNet ConvNeXt checkpoints (the ones mmdet's and mmseg's own ConvNeXt configs load with
-  ``prefix='backbone.'``) load into the baseline with no missing backbone keys;
+  ``prefix='backbone.'``) load into the baseline; only the output norms ``norm0-2`` are missing
+  (new, as with mmpretrain's class);
 * mmdet's / mmseg's ``LearningRateDecayOptimizerConstructor`` (which accept a backbone whose class name
   contains ``ConvNeXt`` and parse ``downsample_layers.{i}`` / ``stages.{i}.{j}``) give the recipes'
   layer-wise and stage-wise learning-rate decay;
@@ -328,6 +329,7 @@ class ConvNeXtBlock(nn.Module):
         drop_path_rate (float): stochastic depth probability of this block.
         layer_scale_init_value (float): initial ``gamma``; ``<= 0`` disables the layer scale.
         eps (float): LayerNorm epsilon.
+        mlp_ratio (int): hidden width of the MLP as a multiple of C.
         with_cp (bool): recompute the block in backward (activation checkpointing).
 
     Shapes: input and output (N, C, H, W).

@@ -497,6 +497,8 @@ def drconv_naive(x: torch.Tensor, mask: torch.Tensor, filters: torch.Tensor, str
         x (Tensor): ``(N, C, H, W)``.
         mask (Tensor): ``(N, m, Ho, Wo)`` weights of the regions (one-hot, or the STE surrogate).
         filters (Tensor): ``(N, m, out, C/groups, k, k)``.
+        stride, padding, dilation, groups (int): as in :func:`torch.nn.functional.conv2d`.
+            Default: 1, 0, 1, 1.
         kernel_size (int, optional): ``k`` as a Python int (the layer's); while a graph is
             recorded the filters' shape is a traced value. Default: read from ``filters``.
 
@@ -579,7 +581,7 @@ class DRConv(LayerStateDict, nn.Module):
     Args:
         in_channels (int): C.
         out_channels (int): output channels.
-        kernel_size (int | tuple[int, int]): k (square).
+        kernel_size (int | tuple[int, int]): k (square). Default: 3.
         stride (int | tuple): square stride. Default: 1.
         padding (int | tuple | str): square zero padding, or 'same' (stride 1, odd
             dilation * (kernel_size - 1) + 1). Default: 0.

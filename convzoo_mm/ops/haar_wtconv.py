@@ -730,6 +730,7 @@ def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[
         base_weight: (C, 1, k, k), k odd.  base_bias: (C,) or None.  base_scale: (1, C, 1, 1).
         level_weights: L >= 0 tensors (4C, 1, k, k), channel c*4 + band (LL, b1, b2, b3).
         level_scales: L tensors (1, 4C, 1, 1).
+        dilation: dilation of every depthwise conv (base and levels), 'same' padding.
         check: check these shapes (the layer, whose parameters have them, skips it).
 
     Returns:
