@@ -4,6 +4,9 @@ in != out, levels 0-5, autocast. On a machine without a GPU the kernels run in T
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so CI checks the kernels' arithmetic;
 with CUDA they run compiled, and the automatic choice of the fused path is checked too."""
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ import torch
 from convzoo_mm.analysis.host_probe import DispatchCounter, counted_launches, layer_host_cost
 from convzoo_mm.layers import WTConv
 from convzoo_mm.ops import haar_wtconv as fused_ops
+from tests.utils import ROOT
 
 pytestmark = pytest.mark.skipif(not fused_ops.AVAILABLE, reason='Triton is not installed')
 CUDA = torch.cuda.is_available()
@@ -139,6 +143,41 @@ def test_automatic_choice_and_bad_impl():
         WTConv(4, 4, 4, impl='triton')
     with pytest.raises(ValueError, match="got 'db2'"):
         WTConv(4, 4, 5, wt_type='db2', impl='triton')
+
+
+_CPU_WITHOUT_INTERPRETER = r'''
+import torch
+from convzoo_mm.layers import WTConv
+from convzoo_mm.ops import haar_wtconv
+layer = WTConv(4, 4, 5, groups=4, wt_levels=2, impl='triton')
+x = torch.randn(1, 4, 8, 8)
+print(haar_wtconv.runs_on(x))
+for call in (lambda: layer(x), lambda: haar_wtconv.haar_wtconv(
+        x, layer.base_conv.weight, None, layer.base_scale.weight, [], [])):
+    try:
+        call()
+    except ValueError as e:
+        print('ValueError', e)
+'''
+
+
+def test_forced_triton_on_a_device_the_kernels_cannot_run_on_is_a_named_error():
+    """impl='triton' on a CPU input without the interpreter (Triton's own error would be
+    '0 active drivers'), and on a device that is neither CUDA nor the CPU."""
+    env = dict(os.environ, TRITON_INTERPRET='0', CUDA_VISIBLE_DEVICES='')
+    proc = subprocess.run([sys.executable, '-c', _CPU_WITHOUT_INTERPRETER], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == 'False'
+    assert lines[1].startswith("ValueError impl='triton': the Triton kernels run on CUDA inputs")
+    assert 'got an input on cpu' in lines[1] and "use impl='auto' or 'torch'" in lines[1]
+    assert lines[2] == ('ValueError haar_wtconv: x is on cpu; the Triton kernels run on CUDA '
+                        'tensors, or on the CPU with TRITON_INTERPRET=1 set before import')
+    assert fused_ops.runs_on(torch.empty(1)) == (os.environ.get('TRITON_INTERPRET') == '1')
+    layer = WTConv(4, 4, 5, groups=4, wt_levels=1, impl='triton')
+    with pytest.raises(ValueError, match="impl='triton'.*got an input on meta"):
+        layer.uses_fused_kernels(torch.empty(1, 4, 8, 8, device='meta'))
 
 
 _COMPILE_SCRIPT = r'''

@@ -466,6 +466,10 @@ class WTConv(LayerStateDict, nn.Module):
     def uses_fused_kernels(self, x: torch.Tensor) -> bool:
         """Whether :meth:`forward` runs the Triton kernels for this input (see ``impl``)."""
         if self.impl == 'triton':
+            if not _fused_ops().runs_on(x):
+                raise ValueError(f"impl='triton': the Triton kernels run on CUDA inputs (or on "
+                                 f"the CPU with TRITON_INTERPRET=1 set before import), got an "
+                                 f"input on {x.device}; use impl='auto' or 'torch'")
             return True
         # the kernels accumulate in float32 (float64 keeps the PyTorch path) and index one
         # image, and the positions of the batch (with some overshoot past the last), in 32 bits

@@ -61,7 +61,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 AVAILABLE = triton is not None
 
-__all__ = ['AVAILABLE', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis', 'packed_bands',
+__all__ = ['AVAILABLE', 'runs_on', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis', 'packed_bands',
            'level_sizes', 'depthwise_weight_grad']
 
 
@@ -82,6 +82,16 @@ def _tiles(c: int, elements: int):
     low = c & -c                                   # largest power of two dividing c
     bc = min(32, low if low >= 16 else 1 << (max(c, 1) - 1).bit_length())
     return max(16, elements // bc), bc
+
+
+def runs_on(x: torch.Tensor) -> bool:
+    """Whether the kernels can run on ``x``'s device: CUDA, or the CPU in Triton's interpreter
+    (``TRITON_INTERPRET=1`` set before this module was imported: Triton reads it when the
+    kernels are defined, and then makes them interpreted functions, not ``JITFunction``)."""
+    if not AVAILABLE:
+        return False
+    return x.is_cuda or (x.device.type == 'cpu'
+                         and not isinstance(_tile, triton.runtime.JITFunction))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -750,6 +760,9 @@ def haar_wtconv(x: torch.Tensor, base_weight: torch.Tensor, base_bias: Optional[
 
 def _check_wtconv_args(x, params, num_weights, num_scales):
     """A ValueError naming the argument of :func:`haar_wtconv` whose shape is wrong."""
+    if not runs_on(x):
+        raise ValueError(f'haar_wtconv: x is on {x.device}; the Triton kernels run on CUDA '
+                         f'tensors, or on the CPU with TRITON_INTERPRET=1 set before import')
     if num_weights != num_scales:
         raise ValueError(f'haar_wtconv: {num_weights} level_weights but {num_scales} '
                          f'level_scales')
