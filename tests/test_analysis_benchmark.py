@@ -249,6 +249,21 @@ def test_unknown_format_is_rejected():
         benchmark_case(_fake_case(FakeClock()), formats=('nhwc', ), log=lambda s: None)
 
 
+def test_every_available_layer_runs_through_its_tiny_suite():
+    """Each name the tool lists (``--layers``) gives cases the benchmark can run: the layer
+    and every reference produce one row each (OctaveConvModule, split by default, is built in
+    its tensor mode)."""
+    from convzoo_mm.analysis.layer_suites import available_layers, build_cases
+    avail = available_layers()
+    assert {'WTConv', 'DRConv', 'OctaveConv', 'OctaveConvModule'} <= set(avail)
+    for name in avail:
+        case = build_cases([name], 'tiny')[0]
+        rows = benchmark_case(case, repeats=1, warmup=0, measure_memory=False,
+                              formats=('nchw', ), log=lambda s: None)
+        assert sorted(r['module'] for r in rows) == sorted({name, *case.references}), name
+        assert all(r[k]['median'] > 0 for r in rows for k in ('fwd', 'fwd_bwd')), rows
+
+
 def test_layer_suites_unknown_layer_and_exact_references():
     from convzoo_mm.analysis.layer_suites import available_layers, build_cases
     with pytest.raises(ValueError, match='unknown layer'):

@@ -9,7 +9,8 @@
 * DRConv (m=8, k=3): C256->256 @28², batch 8; references: the plain 3x3 conv and the naive
   all-m-regions form with the same weights (``exact``).
 * Any other layer exported by ``convzoo_mm.layers`` with ``count_flops``: ``cls(C, C, 3,
-  padding=1)`` at the ResNet-50 shapes against the plain 3x3 conv.
+  padding=1)`` at the ResNet-50 shapes against the plain 3x3 conv (with ``split=False`` where
+  the layer has that option, e.g. ``OctaveConvModule``: tensors in and out).
 
 ``preset='tiny'`` shrinks every case (batch 1, few channels, small maps) for tests and smoke
 runs; ``shapes`` overrides the shapes of every selected layer.
@@ -149,6 +150,8 @@ def _octconv_cases(cls, shapes) -> List[BenchCase]:
 
 
 def _default_cases(name, cls, shapes) -> List[BenchCase]:
+    if 'split' in inspect.signature(cls).parameters:  # octave layers: tensors in and out
+        shapes = [(label, shape, {'split': False, **opts}) for label, shape, opts in shapes]
     return [BenchCase(name, label, shape,
                       make_layer=lambda c=shape[1], opts=opts: cls(c, c, 3, padding=1, **opts),
                       references={'plain conv 3x3': _plain_conv(shape[1], shape[1])})
