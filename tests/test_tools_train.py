@@ -62,11 +62,14 @@ def test_seg_config_runs_unchanged_with_mmseg_shipped_train_tool(demo_data, tmp_
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert os.path.isfile(os.path.join(work, 'iter_2.pth'))
     assert 'mIoU' in latest_metrics(work)
-    # resume with our wrapper continues from iteration 2
-    run_tool('train.py', SEG, '--work-dir', work, '--resume', '--cfg-options',
-             'train_cfg.max_iters=4', 'train_cfg.val_interval=100',
-             'default_hooks.checkpoint.interval=2')
-    assert _load(os.path.join(work, 'iter_4.pth'))['meta']['iter'] == 4
+    # resume from a given checkpoint with our wrapper, the way its usage gives for mmseg (whose
+    # --resume takes no CKPT), into a new work dir: continues from iteration 2
+    resumed = str(tmp_path / 'resumed')
+    run_tool('train.py', SEG, '--work-dir', resumed, '--resume', '--cfg-options',
+             f'load_from={os.path.join(work, "iter_2.pth")}', 'train_cfg.max_iters=4',
+             'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=2')
+    assert not os.path.exists(os.path.join(resumed, 'iter_2.pth'))
+    assert _load(os.path.join(resumed, 'iter_4.pth'))['meta']['iter'] == 4
 
 
 def test_tools_help():

@@ -5,6 +5,9 @@ config's default_scope) with the same arguments.
 usage: python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
                              [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
 `python tools/train.py CONFIG --help` prints the underlying tool's full option list.
+--resume alone continues from the latest checkpoint in the work dir. Only mmdet's tool takes a
+CKPT after it; for an mmseg config resume from a given one with
+`--resume --cfg-options load_from=CKPT`.
 """
 import os
 import sys
