@@ -291,6 +291,24 @@ def test_bad_arguments(kwargs, word):
         WTConvNeXt(**kwargs)
 
 
+@pytest.mark.parametrize('shape, patch, message', [
+    ((2, 3, 33, 31), 4, r'input size \(33, 31\) is too small: H and W must be at least 8 \* '
+                        r'stem_patch_size = 32'),
+    ((1, 3, 15, 64), 2, r'input size \(15, 64\).*= 16'),
+    ((3, 64, 64), 4, r'input must be 4D \(N, C, H, W\), got shape \(3, 64, 64\)'),
+    ((1, 4, 64, 64), 4, 'input has 4 channels but in_channels=3'),
+])
+def test_bad_input_is_a_named_error_and_the_smallest_size_runs(shape, patch, message):
+    """Inputs the stem and the three 2x2 downsamples cannot take fail with the rule, not with
+    torch's 'Kernel size can't be greater than actual input size' three convs deep; the
+    smallest size the rule allows runs (one pixel at stage 4)."""
+    net = WTConvNeXt(arch=SMALL, stem_patch_size=patch)
+    with pytest.raises(ValueError, match=message):
+        net(torch.randn(shape))
+    outs = net(torch.randn(1, 3, 8 * patch, 9 * patch - 1))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(2 ** (3 - i), 2 ** (3 - i)) for i in range(4)]
+
+
 # ----------------------------------------------------------------------------- mm integration
 def test_registered_in_root_and_child_scopes():
     mmdet_registry = pytest.importorskip('mmdet.registry')

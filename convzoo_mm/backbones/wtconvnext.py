@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from ..layers.checks import check_choice, check_float, check_int, known_options
+from ..layers.checks import check_choice, check_float, check_input, check_int, known_options
+from ..ops import tracing
 from ..registry import register
 from .base import FreezableBackbone
 
@@ -414,7 +415,7 @@ class WTConvNeXt(FreezableBackbone):
         input (N, in_channels, H, W); output: tuple with, per ``i`` in ``out_indices``, a tensor
         (N, channels[i], floor(H / 4 / 2**i), ...) (the stem and the downsamples are strided
         convs without padding, as in ConvNeXt: exactly H / (4 * 2**i) for multiples of 32; H
-        and W must be at least 32).
+        and W must be at least 8 * stem_patch_size, 32 by default; a ValueError says so).
     """
     arch_settings = ARCH_SETTINGS
 
@@ -481,6 +482,7 @@ class WTConvNeXt(FreezableBackbone):
             raise ValueError(f'out_indices must not repeat a stage, got {out_indices}')
         self.depths, self.channels, self.wt_levels = depths, channels, wt_levels
         self.kernel_size, self.wt_type = kernel_size, wt_type
+        self.in_channels, self.stem_patch_size = in_channels, stem_patch_size
         self.out_indices = sorted(out_indices)
         self.frozen_stages = check_int('frozen_stages', frozen_stages, 0, 4)
         self.norm_eval = bool(norm_eval)
@@ -545,6 +547,11 @@ class WTConvNeXt(FreezableBackbone):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        check_input(x, self.in_channels, 'WTConvNeXt')
+        least = 8 * self.stem_patch_size  # the stem, then three 2x2 stride-2 downsamples
+        if not tracing() and min(x.shape[-2:]) < least:
+            raise ValueError(f'WTConvNeXt: input size {tuple(x.shape[-2:])} is too small: H and '
+                             f'W must be at least 8 * stem_patch_size = {least}')
         outs = []
         for i in range(4):
             x = self.stages[i](self.downsample_layers[i](x))
