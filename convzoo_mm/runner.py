@@ -80,6 +80,16 @@ def tool_scope(argv: List[str], prog: str) -> str:
         raise SystemExit(2)
 
 
+def exit_on_usage(doc: str, argv: List[str], positionals: int) -> None:
+    """For our tools' ``__main__``: ``-h``/``--help`` first prints ``doc`` and exits 0; fewer
+    than ``positionals`` arguments is a usage error, ``doc`` on stderr and exit 2, as argparse
+    does; otherwise nothing (a later ``--help`` reaches the mm tool)."""
+    asked = len(argv) > 1 and argv[1] in ('-h', '--help')
+    if asked or len(argv) < positionals + 1:
+        print(doc, file=sys.stdout if asked else sys.stderr)
+        raise SystemExit(0 if asked else 2)
+
+
 def run_mm_tool(tool: str, argv: List[str], scope: Optional[str] = None) -> None:
     """Execute mmdet/mmseg ``tools/<tool>.py`` in this process with ``argv`` (the arguments as
     the mm tool takes them; the config's ``default_scope`` picks mmdet or mmseg)."""

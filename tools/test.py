@@ -10,11 +10,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from convzoo_mm.runner import run_mm_tool, tool_scope  # noqa: E402
+from convzoo_mm.runner import exit_on_usage, run_mm_tool, tool_scope  # noqa: E402
 
 if __name__ == '__main__':
-    if len(sys.argv) < 3 or sys.argv[1] in ('-h', '--help'):
-        asked = len(sys.argv) > 1 and sys.argv[1] in ('-h', '--help')
-        print(__doc__, file=sys.stdout if asked else sys.stderr)  # a usage error: stderr, exit 2
-        sys.exit(0 if asked else 2)
+    exit_on_usage(__doc__, sys.argv, 2)
     run_mm_tool('test', sys.argv[1:], tool_scope(sys.argv[1:], 'tools/test.py'))

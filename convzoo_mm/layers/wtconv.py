@@ -17,10 +17,11 @@ published layer zero-pads them by L/2-1 on each side, which is not invertible at
 
 Fast path (why it is fast): for Haar the transform and its inverse are add/subtract butterflies
 over the four pixels of each 2x2 block (one pass each in the C++ CPU kernels, else a few tensor
-ops on strided views) instead of stride-2 grouped (transposed) convs; the learnable per-channel scales are folded into the depthwise conv weights (a scale after
-a depthwise conv is a scale of its kernel), so no extra full-size elementwise passes run; the
-deeper reconstruction is added into the LL band in place of a concatenation; and with stride 2 only
-the even output pixels of the top-level inverse transform are formed. Every other wavelet takes
+ops on strided views) instead of stride-2 grouped (transposed) convs; the learnable per-channel
+scales are folded into the depthwise conv weights (a scale after a depthwise conv is a scale of
+its kernel), so no extra full-size elementwise passes run; the deeper reconstruction is added
+into the LL band in place of a concatenation; and with stride 2 only the even output pixels of
+the top-level inverse transform are formed. Every other wavelet takes
 the general conv-based path. Both paths are tested against the straightforward published
 computation (``convzoo_mm.analysis.references.PublishedWTConv2d``).
 """

@@ -61,8 +61,8 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 AVAILABLE = triton is not None
 
-__all__ = ['AVAILABLE', 'runs_on', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis', 'packed_bands',
-           'level_sizes', 'depthwise_weight_grad']
+__all__ = ['AVAILABLE', 'runs_on', 'haar_wtconv', 'haar_analysis_conv', 'haar_synthesis',
+           'packed_bands', 'level_sizes', 'depthwise_weight_grad']
 
 
 # launch configuration: positions x channels per program (see _tiles) and warps per program;
