@@ -171,7 +171,8 @@ def _same_with_and_without_kernels(layer, x, monkeypatch, rel):
     def run():
         y = layer(x)
         up = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
-        return [y] + list(torch.autograd.grad(y, [x] + list(layer.parameters()), up))
+        wanted = [t for t in [x] + list(layer.parameters()) if t.requires_grad]
+        return [y] + list(torch.autograd.grad(y, wanted, up))
 
     fast = run()
     monkeypatch.setattr(cpu_kernels, 'AVAILABLE', False)
@@ -220,6 +221,76 @@ def test_region_tap_mix_equals_unfold(case, dtype):
 
 
 @needs_ext
+@pytest.mark.parametrize('case', [
+    dict(c=16, k=3, bases=9),                                 # m=8: 2 chunks of bases / taps
+    dict(c=13, k=3, bases=5, stride=2, n=1),                  # channel tail, m=4
+    dict(c=12, k=3, bases=1, dilation=2, groups=3),           # Cg=4: fewer than a vector
+    dict(c=24, k=5, bases=17, groups=2, stride=3, n=2),       # 3 chunks of bases / 25 taps
+    dict(c=8, k=1, bases=2),
+])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_region_tap_mix_adjoints_equal_autograd(case, dtype):
+    """The two adjoints of the tap mix against autograd through its tensor-op form (F.unfold and
+    an einsum): ``region_tap_mix_grad_input_`` adds dL/dxp into a gradient that already holds
+    values (overlapping windows, stride, dilation, groups), ``region_tap_mix_grad_coef`` gives
+    each position's coefficient gradient (checked per row with an einsum, and summed per sample
+    against autograd's dL/dcoef); positions in random order, some repeated."""
+    gen = torch.Generator().manual_seed(case['c'] * 10 + case['bases'])
+    c, k, nb, n = case['c'], case['k'], case['bases'], case.get('n', 3)
+    s, d, groups = case.get('stride', 1), case.get('dilation', 1), case.get('groups', 1)
+    xp = torch.randn(n, 11, 14, c, dtype=dtype, generator=gen)
+    ho, wo = (11 - d * (k - 1) - 1) // s + 1, (14 - d * (k - 1) - 1) // s + 1
+    pos = torch.randperm(n * ho * wo, generator=gen)[:max(1, n * ho * wo // 2)]
+    pos = torch.cat([pos, pos[:3]])  # a position twice: its gradient counts twice
+    coef = torch.randn(n, nb, k * k, dtype=dtype, generator=gen)
+    du = torch.randn(groups, pos.numel(), nb, c // groups, dtype=dtype, generator=gen)
+
+    xr, cr = xp.clone().requires_grad_(), coef.clone().requires_grad_()
+    unf = F.unfold(xr.permute(0, 3, 1, 2), k, dilation=d, stride=s)
+    taps = unf.view(n, groups, c // groups, k * k, ho * wo).permute(1, 2, 3, 0, 4)
+    taps = taps.reshape(groups, c // groups, k * k, -1)[..., pos]      # (G, Cg, T, J)
+    u = torch.einsum('jbt,gctj->gjbc', cr[pos // (ho * wo)], taps)
+    ref_x, ref_coef = torch.autograd.grad(u, [xr, cr], du, retain_graph=True)
+    tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+
+    start = torch.randn(xp.shape, dtype=dtype, generator=gen)
+    grad_xp = start.clone()
+    cpu_kernels.region_tap_mix_grad_input_(grad_xp, pos, coef, du, k, s, d, (ho, wo), groups)
+    torch.testing.assert_close(grad_xp, start + ref_x, **tol)
+
+    rows = cpu_kernels.region_tap_mix_grad_coef(xp, pos, du, k, s, d, (ho, wo), groups)
+    assert rows.shape == (pos.numel(), nb, k * k)
+    torch.testing.assert_close(rows, torch.einsum('gjbc,gctj->jbt', du, taps.detach()), **tol)
+    summed = torch.zeros_like(coef).index_add_(0, pos // (ho * wo), rows)
+    torch.testing.assert_close(summed, ref_coef, **tol)
+
+    first = pos[pos < ho * wo]  # the one-sample form (xp 3-D, coef 2-D)
+    one = torch.zeros_like(xp[0])
+    cpu_kernels.region_tap_mix_grad_input_(one, first, coef[0], du[:, pos < ho * wo].contiguous(),
+                                           k, s, d, (ho, wo), groups)
+    ref_one = torch.autograd.grad(u, xr, du * (pos < ho * wo).view(1, -1, 1, 1).to(dtype))[0]
+    torch.testing.assert_close(one, ref_one[0], **tol)
+
+
+@needs_ext
+def test_region_tap_mix_adjoints_reject_bad_arguments():
+    xp, coef = torch.randn(5, 5, 4), torch.randn(3, 9)
+    pos = torch.tensor([0, 8])
+    with pytest.raises(RuntimeError, match=r'du must be a contiguous \(1, 2, B, 4\) CPU tensor '
+                       r"of xp's dtype with B = coef.size\(-2\), got \[1, 2, 2, 4\]"):
+        cpu_kernels.region_tap_mix_grad_input_(xp, pos, coef, torch.randn(1, 2, 2, 4), 3, 1, 1,
+                                               (3, 3), 1)
+    with pytest.raises(RuntimeError, match=r'du must be a contiguous \(2, 2, B, 2\)'):
+        cpu_kernels.region_tap_mix_grad_coef(xp, pos, torch.randn(1, 2, 3, 4), 3, 1, 1, (3, 3), 2)
+    with pytest.raises(RuntimeError, match='region_tap_mix_grad_coef: position out of range'):
+        cpu_kernels.region_tap_mix_grad_coef(xp, torch.tensor([9]), torch.randn(1, 1, 3, 4), 3, 1,
+                                             1, (3, 3), 1)
+    with pytest.raises(RuntimeError, match=r'grad_input: coef must be \(N, B, k\*k\)'):
+        cpu_kernels.region_tap_mix_grad_input_(xp, pos, torch.randn(3, 4), torch.randn(1, 2, 3, 4),
+                                               3, 1, 1, (3, 3), 1)
+
+
+@needs_ext
 def test_region_tap_mix_rejects_bad_positions_and_out():
     xp, coef = torch.randn(5, 5, 4), torch.randn(3, 9)
     with pytest.raises(RuntimeError, match='position out of range'):
@@ -241,7 +312,10 @@ def test_region_tap_mix_rejects_bad_positions_and_out():
     dict(m=4, stride=2, dilation=2, groups=2),          # B = 5: batched U-form backward
     dict(m=4, groups=2, channels_last=True, block=5000, chunk=1),  # U blocks of 15 rows,
     #                                                     backward one sample per chunk
-    dict(m=4, n=3, chunk=150000),                       # backward chunks of 2 + 1 samples
+    dict(m=4, n=3, chunk=90000),                        # backward chunks of 2 + 1 samples
+    dict(m=4, chunk=20000),                             # dU in blocks of 62 rows: 3 a sample
+    dict(m=8, x_grad=False),                            # no dL/dx
+    dict(m=4, x_grad=False, frozen='guide'),            # no guide gradient either
     dict(m=3, k=5, padding=1, groups=4, out=8),         # B = 4
 ])
 def test_drconv_with_kernel_equals_drconv_without(case, monkeypatch):
@@ -250,7 +324,7 @@ def test_drconv_with_kernel_equals_drconv_without(case, monkeypatch):
     also in blocks of a few rows, the batched backward in chunks of samples, and for
     channels-last inputs."""
     monkeypatch.setattr(drconv_module, '_U_BLOCK_BYTES', case.get('block', 16 << 20))
-    monkeypatch.setattr(drconv_module, '_CHUNK_BYTES', case.get('chunk', 8 << 20))
+    monkeypatch.setattr(drconv_module, '_DU_BLOCK_BYTES', case.get('chunk', 8 << 20))
     torch.manual_seed(0)
     k = case.get('k', 3)
     layer = DRConv(16, case.get('out', 16), k, case.get('stride', 1),
@@ -260,7 +334,9 @@ def test_drconv_with_kernel_equals_drconv_without(case, monkeypatch):
     x = torch.randn(case.get('n', 2), 16, 13, 10)
     if case.get('channels_last'):
         x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
+    x.requires_grad_(case.get('x_grad', True))
+    if case.get('frozen'):
+        getattr(layer, case['frozen']).requires_grad_(False)
     calls = []  # whether the extension counted as available at each kernel call
     real = cpu_kernels.region_tap_mix
     monkeypatch.setattr(cpu_kernels, 'region_tap_mix',

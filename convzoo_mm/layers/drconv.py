@@ -195,13 +195,12 @@ def _bank_grouped(bank: torch.Tensor, groups: int, cg: int) -> torch.Tensor:
 
 
 def _tap_mix_banks(x: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, tapwise: bool,
-                   groups: int, fewer_bases: bool) -> Optional[list]:
-    """Each region's :func:`_bank_grouped` bank when the C++ tap mix computes ``U`` for this
-    call (paper generator on CPU, eager, float32/64, with ``B <= k*k`` bases, or ``B < k*k`` if
-    ``fewer_bases``: there ``U @ bank`` has the smaller inner size); else None."""
+                   groups: int) -> Optional[list]:
+    """Each region's :func:`_bank_grouped` bank when the C++ tap mix and its adjoints serve this
+    call (paper generator on CPU, eager, float32/64, with ``B <= k*k`` bases: then ``U @ bank``
+    has an inner size of at most the im2col's); else None."""
     nb, taps = coef.shape[-2:]
-    if not (tapwise and (nb < taps if fewer_bases else nb <= taps)
-            and cpu_kernels.applies(x, coef, bank)):
+    if not (tapwise and nb <= taps and cpu_kernels.applies(x, coef, bank)):
         return None
     return [_bank_grouped(b, groups, x.shape[1] // groups) for b in bank]
 
@@ -214,9 +213,9 @@ def _region_output(cols: torch.Tensor, coef: torch.Tensor, bank: torch.Tensor, t
     bases, so ``X @ W^T = U @ bank'`` with ``U[p, b, c] = sum_t coef[b, t] X[p, t, c]``: a
     matmul with inner size ``B*Cg`` instead of ``k*k*Cg``, no filter to write. Used in the
     forward whenever ``B <= k*k`` (m <= 8 at k=3 with the default h = m*m) and the C++ tap mix
-    cannot run (no extension, GPU, half precision); otherwise the filter is built. The backward
-    builds the filter, except when ``B < k*k`` and the C++ tap mix runs: then all of it is in
-    the ``U`` form (:func:`_backward_tap_mix`; ``U`` over all positions as tensor ops costs
+    cannot run (no extension, GPU, half precision); otherwise the filter is built. Where the
+    C++ tap mix runs, the backward is all in the ``U`` form (:func:`_backward_tap_mix`); where
+    it does not, the backward builds the filters (``U`` over all positions as tensor ops costs
     more than it saves).
     """
     g, rows, kk_cg = cols.shape
@@ -277,20 +276,28 @@ def _forward_per_sample(x, region, coef, bank, meta, m):
     return out.permute(0, 1, 3, 2).reshape(n, out_channels, ho, wo)
 
 
-# im2col bytes per chunk of samples in the batched backward (one sample at least)
-_CHUNK_BYTES = 8 << 20
+# bytes of dU per block of rows in the batched backward: each region's dU at every position is
+# formed a block at a time (a chunk of whole samples is padded at once, one sample at least)
+_DU_BLOCK_BYTES = 8 << 20
 
 
 def _backward_tap_mix(x, region, coef, bank, banks, meta, m, grad_out, needs):
-    """The backward for the paper generator with fewer bases than taps (m < 8 at k=3) on CPU.
+    """The backward for the paper generator (``B <= k*k`` bases, m <= 8 at k=3) on CPU.
 
-    All in the ``U`` form, a chunk of samples at a time (their im2col within ``_CHUNK_BYTES``),
-    per region all its rows of the chunk at once: the bank is shared by the samples, only the
-    tap mix (C++) and its adjoints are per row. With ``y = U @ bank`` per row and
-    ``dU = g @ bank^T``: the guide gradient's responses ``<g, U_r @ bank_r>`` at every position,
-    ``dL/dbank_r = U^T g`` and ``dL/dx`` from ``dU`` through the adjoint of the tap mix (inner
-    size ``B*Cg`` instead of ``k*k*Cg`` for the two large matmuls), ``dL/dcoef`` per row from
-    ``dU`` and the im2col row (``B*k*k*Cg`` per row, no filter built).
+    All in the ``U`` form, a chunk of samples at a time, per region all its rows of the chunk
+    at once: the bank is shared by the samples, only the tap mix and its adjoints (C++) are per
+    row. With ``y = U @ bank`` per row (inner size ``B*Cg``, at most ``k*k*Cg``) and
+    ``dU = g @ bank^T``:
+
+    * the guide gradient needs every region's response at every position:
+      ``<g, U_r @ bank_r> = <dU_r, U_r> = sum_{b,t} coef[r, b, t] D_r[b, t]`` with
+      ``D_r[b, t] = sum_c dU_r[b, c] x_tap[t, c]`` (the tap mix's coefficient adjoint, C++). So
+      each region makes ``dU_r`` at every position (in blocks of ``_DU_BLOCK_BYTES``) and never
+      ``U_r`` there; its own rows of ``dU_r`` and ``D_r`` are kept for ``dL/dx`` and
+      ``dL/dcoef``: m + 1 matmuls of this size in the backward, not m + 2;
+    * ``dL/dbank_r = U^T g`` on the region's rows (their ``U`` from the tap mix);
+    * ``dL/dx`` is added from ``dU`` straight into the padded input gradient by the tap mix's
+      input adjoint (C++). No filter is built, no im2col of the input or its gradient held.
     """
     need_x, need_soft, need_coef, need_bank = needs
     k, stride, padding, dilation, groups, out_channels, _ = meta
@@ -298,61 +305,73 @@ def _backward_tap_mix(x, region, coef, bank, banks, meta, m, grad_out, needs):
     ho, wo = region.shape[-2:]
     per, og, cg = ho * wo, out_channels // groups, c // groups
     nb, taps = coef.shape[-2:]
+    geometry = (k, stride, dilation, (ho, wo), groups)
     grad_x = torch.empty_like(x) if need_x else None
-    grad_soft = x.new_empty(n, m, per) if need_soft else None  # all written
+    grad_soft = x.new_empty(m, n * per) if need_soft else None  # all written
     grad_coef = torch.zeros_like(coef) if need_coef else None
     grad_bank = torch.zeros_like(bank) if need_bank else None
-    chunk = max(1, min(n, _CHUNK_BYTES // (per * taps * c * x.element_size())))
-    xp = None
+    block = max(1, _DU_BLOCK_BYTES // (nb * c * x.element_size()))  # rows of dU at once
+    chunk = max(1, min(n, block // per))
+    xp = grad_xp = None
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
         rows_n = (i1 - i0) * per
-        xp = pad_nhwc(x[i0:i1], padding, xp if xp is not None and xp.shape[0] == i1 - i0
-                      else None)
+        same = xp is not None and xp.shape[0] == i1 - i0  # reuse the buffers
+        xp = pad_nhwc(x[i0:i1], padding, xp if same else None)
+        if need_x:
+            grad_xp = grad_xp.zero_() if same else torch.zeros_like(xp)
         g = grad_out[i0:i1].reshape(i1 - i0, groups, og, per).permute(1, 0, 3, 2).reshape(
             groups, rows_n, og)
-        cols = im2col_t(xp, k, stride, dilation, (ho, wo), groups) if need_coef else None
-        grad_cols = xp.new_empty(groups, rows_n, taps * cg) if need_x else None  # all written
         rows = dict(_region_rows(region[i0:i1].flatten(), m))
         every = torch.arange(rows_n) if need_soft else None
         for r in range(m):
-            if not need_soft and r not in rows:
+            du = d_r = u = None  # the previous region's, freed before new ones
+            idx = rows.get(r)
+            if idx is None and not need_soft:
                 continue
             cf = coef[i0:i1, r]  # (S, B, k*k)
-            if need_soft:  # <g, y_r> for every region r at every position
-                u_all = cpu_kernels.region_tap_mix(xp, every, cf, k, stride, dilation, (ho, wo),
-                                                   groups)
-                resp = cpu_kernels.matmul(u_all.view(groups, rows_n, -1), banks[r])
-                grad_soft[i0:i1, r] = resp.mul_(g).sum((0, 2)).view(i1 - i0, per)
-            if r not in rows:
+            j = 0 if idx is None else idx.numel()
+            if need_soft:  # dU at every position, for <g, y_r> = <dU, U> there (see above)
+                cf_rows = cf.reshape(i1 - i0, -1)
+                du, d_r = x.new_empty(groups, j, nb, cg), x.new_empty(j, nb, taps)
+                for b0 in range(0, rows_n, block):
+                    b1 = min(rows_n, b0 + block)
+                    du_b = cpu_kernels.matmul(g[:, b0:b1], banks[r].transpose(1, 2)).view(
+                        groups, b1 - b0, nb, cg)
+                    d_b = cpu_kernels.region_tap_mix_grad_coef(xp, every[b0:b1], du_b,
+                                                               *geometry)
+                    grad_soft[r, i0 * per + b0:i0 * per + b1] = (
+                        d_b.view(b1 - b0, -1) * cf_rows[every[b0:b1] // per]).sum(1)
+                    if j:  # keep the region's rows (idx is sorted)
+                        lo, hi = torch.searchsorted(idx, torch.tensor([b0, b1])).tolist()
+                        if hi > lo:
+                            sel = idx[lo:hi] - b0
+                            du[:, lo:hi] = du_b.index_select(1, sel)
+                            d_r[lo:hi] = d_b.index_select(0, sel)
+                    du_b = d_b = None
+            if not j:
                 continue
-            idx = rows[r]
-            j = idx.numel()
-            u = u_all.index_select(1, idx) if need_soft else cpu_kernels.region_tap_mix(
-                xp, idx, cf, k, stride, dilation, (ho, wo), groups)
             g_r = g.index_select(1, idx)
             if need_bank:  # U^T g, into the bank's (B, Cg, groups, out/groups) layout
+                u = cpu_kernels.region_tap_mix(xp, idx, cf, *geometry)
                 gb = torch.bmm(u.view(groups, j, -1).transpose(1, 2), g_r)
                 grad_bank[r].view(nb, cg, groups, og).add_(
                     gb.view(groups, nb, cg, og).permute(1, 2, 0, 3))
             if not (need_coef or need_x):
                 continue
-            du = cpu_kernels.matmul(g_r, banks[r].transpose(1, 2)).view(groups, j, nb, cg)
-            sample = idx // per
-            if need_coef:  # dcoef[b, t] = sum_c dU[b, c] * x_tap[t, c], per row
-                cols_r = cols.index_select(1, idx).view(groups, j, taps, cg)
-                grad_coef[i0:i1, r].index_add_(0, sample,
-                                               torch.einsum('gjbc,gjtc->jbt', du, cols_r))
-            if need_x:  # adjoint of the tap mix: the rows' im2col gradient
-                gc = torch.einsum('jbt,gjbc->gjtc', cf.index_select(0, sample), du)
-                grad_cols.index_copy_(1, idx, gc.reshape(groups, j, -1))
+            if not need_soft:
+                du = cpu_kernels.matmul(g_r, banks[r].transpose(1, 2)).view(groups, j, nb, cg)
+            if need_coef:  # per row, then per sample
+                if not need_soft:
+                    d_r = cpu_kernels.region_tap_mix_grad_coef(xp, idx, du, *geometry)
+                grad_coef[i0:i1, r].index_add_(0, idx // per, d_r)
+            if need_x:
+                cpu_kernels.region_tap_mix_grad_input_(grad_xp, idx, cf, du, *geometry)
         if need_x:
-            grad_xp = torch.zeros_like(xp)
-            col2im_t_add_(grad_xp, grad_cols, k, stride, dilation, (ho, wo))
             grad_x[i0:i1] = grad_xp[:, padding:padding + h, padding:padding + w].permute(
                 0, 3, 1, 2)
     if grad_soft is not None:
-        grad_soft = grad_soft.view(n, m, ho, wo)
+        grad_soft = grad_soft.view(m, n, ho, wo).transpose(0, 1)
     return grad_x, grad_soft, None, grad_coef, grad_bank, None
 
 
@@ -368,7 +387,7 @@ class _RegionConv(torch.autograd.Function):
     def forward(ctx, x, soft, region, coef, bank, meta):
         tapwise, groups, m = meta[6], meta[4], soft.shape[1]
         # paper generator on CPU: U straight from the padded input (C++), a region at a time
-        banks = _tap_mix_banks(x, coef, bank, tapwise, groups, fewer_bases=False)
+        banks = _tap_mix_banks(x, coef, bank, tapwise, groups)
         if banks is not None:
             out = _forward_tap_mix(x, region, coef, banks, meta, m)
         else:
@@ -385,8 +404,8 @@ class _RegionConv(torch.autograd.Function):
         k, stride, padding, dilation, groups, out_channels, tapwise = ctx.meta
         m = ctx.m
         need_x, need_soft, _, need_coef, need_bank, _ = ctx.needs_input_grad
-        # paper generator with fewer bases than taps (m < 8 at k=3) on CPU: batched U form
-        banks = _tap_mix_banks(x, coef, bank, tapwise, groups, fewer_bases=True)
+        # paper generator with B <= k*k bases (m <= 8 at k=3) on CPU: batched U form
+        banks = _tap_mix_banks(x, coef, bank, tapwise, groups)
         if banks is not None:
             return _backward_tap_mix(x, region, coef, bank, banks, ctx.meta, m, grad_out,
                                      (need_x, need_soft, need_coef, need_bank))

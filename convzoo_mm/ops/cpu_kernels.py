@@ -17,7 +17,9 @@ Why they are fast (float32/float64 on CPU):
 * **DRConv's region tap mix.** :func:`region_tap_mix` writes, for one region's positions in
   a batch, the paper generator's tap-mixed input ``U`` (each sample's coefficients) straight
   from the padded samples, instead of an im2col copy, a row gather and a batched matmul of tiny
-  matrices (~30% of the forward at m=8).
+  matrices (~30% of the forward at m=8). Its adjoints :func:`region_tap_mix_grad_input_` and
+  :func:`region_tap_mix_grad_coef` give the backward's ``dL/dx`` (added straight into the padded
+  gradient) and ``dL/dcoef`` from ``dL/dU``, with no im2col of the input or of its gradient.
 * **DRConv's region matmuls.** :func:`matmul` runs float32 CPU products through oneDNN's
   matmul (PyTorch's own ``mkldnn._linear_pointwise`` op, the one inductor uses for linear
   layers) instead of ``torch.mm``'s MKL sgemm: 48-53 against 31-47 GMAC/s at DRConv's shapes
@@ -44,7 +46,8 @@ AVAILABLE = _C is not None
 
 __all__ = ['AVAILABLE', 'applies', 'applies_untracked', 'depthwise_conv2d', 'depthwise_weight_grad',
            'haar_analysis_cl', 'haar_synthesis_cl', 'octave_pool_into', 'octave_spread',
-           'rows_contiguous', 'region_tap_mix', 'matmul']
+           'rows_contiguous', 'region_tap_mix', 'region_tap_mix_grad_input_',
+           'region_tap_mix_grad_coef', 'matmul']
 
 try:  # oneDNN's matmul, in x86 builds of PyTorch with mkldnn
     _ONEDNN_LINEAR = (torch.ops.mkldnn._linear_pointwise
@@ -123,6 +126,27 @@ def region_tap_mix(xp: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, kern
     :func:`convzoo_mm.layers.drconv.im2col_t` rows mixed by ``coef`` over the taps."""
     return _C.region_tap_mix(xp, pos, coef, kernel_size, stride, dilation, int(out_size[0]),
                              int(out_size[1]), groups, out)
+
+
+def region_tap_mix_grad_input_(grad_xp: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor,
+                               du: torch.Tensor, kernel_size: int, stride: int, dilation: int,
+                               out_size: Sequence[int], groups: int) -> None:
+    """Adds the adjoint of :func:`region_tap_mix` applied to ``du`` (G, J, B, C/G) into the
+    padded channels-last input gradient ``grad_xp`` (N, Hp, Wp, C) (contiguous; or one sample
+    (Hp, Wp, C)): ``grad_xp[n, y_j*s + ty*d, x_j*s + tx*d, g*Cg + c] += sum_b coef[n, b, t] *
+    du[g, j, b, c]`` (overlapping windows sum). No im2col of the gradient, no col2im."""
+    _C.region_tap_mix_grad_input(grad_xp, pos, coef, du, kernel_size, stride, dilation,
+                                 int(out_size[0]), int(out_size[1]), groups)
+
+
+def region_tap_mix_grad_coef(xp: torch.Tensor, pos: torch.Tensor, du: torch.Tensor,
+                             kernel_size: int, stride: int, dilation: int,
+                             out_size: Sequence[int], groups: int) -> torch.Tensor:
+    """The gradient of :func:`region_tap_mix`'s coefficients for ``du`` (G, J, B, C/G), per
+    position (J, B, k*k): ``sum_{g, c} du[g, j, b, c] * xp[n, y_j*s + ty*d, x_j*s + tx*d,
+    g*Cg + c]`` (summing the rows of one sample gives ``dL/dcoef[n]``). No im2col."""
+    return _C.region_tap_mix_grad_coef(xp, pos, du, kernel_size, stride, dilation,
+                                       int(out_size[0]), int(out_size[1]), groups)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,10 @@
 // region) is W^T = coef^T @ bank, so a region's output is U @ bank with U = coef mixing the k*k
 // taps of each position. Why: as tensor ops U needs an im2col copy, a row gather per region and a
 // batched matmul of tiny (B x k*k) matrices, together ~30% of DRConv's forward at m=8; here U
-// is written in one pass straight from the padded input.
+// is written in one pass straight from the padded input. Its two adjoints (dL/dxp added straight
+// into the padded gradient, dL/dcoef per position) serve the backward: as tensor ops they need
+// an im2col of the input and one of its gradient (memory), row gathers and scatters, col2im and
+// two einsums of tiny per-position matrices.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -324,28 +327,54 @@ void octave_spread(const at::Tensor& low, at::Tensor out, double alpha, bool acc
 // ------------------------------------------------------------------------ DRConv region tap mix
 // xp: padded samples (N, Hp, Wp, C) contiguous, or one sample (Hp, Wp, C); pos: (J,) int64
 // output positions n * Ho * Wo + y * Wo + x (n = 0 for one sample); coef: (N, B, k*k), or (B, k*k)
-// for one sample -> u (G, J, B, C/G), see region_kernel.h.
-at::Tensor region_tap_mix(const at::Tensor& xp, const at::Tensor& pos, const at::Tensor& coef,
-                          int64_t k, int64_t stride, int64_t dilation, int64_t Ho, int64_t Wo,
-                          int64_t groups, const c10::optional<at::Tensor>& out) {
+// for one sample; u / du: (G, J, B, C/G). See region_kernel.h.
+
+// Checks the arguments every tap-mix kernel shares; returns N.
+static int64_t check_tap_args(const char* name, const at::Tensor& xp, const at::Tensor& pos,
+                              int64_t k, int64_t stride, int64_t dilation, int64_t Ho, int64_t Wo,
+                              int64_t groups) {
   TORCH_CHECK(xp.device().is_cpu() && (xp.dim() == 3 || xp.dim() == 4) && xp.is_contiguous(),
-              "region_tap_mix: xp must be a contiguous (N, Hp, Wp, C) or (Hp, Wp, C) CPU tensor");
+              name, ": xp must be a contiguous (N, Hp, Wp, C) or (Hp, Wp, C) CPU tensor");
   TORCH_CHECK(pos.dim() == 1 && pos.scalar_type() == at::kLong && pos.is_contiguous(),
-              "region_tap_mix: pos must be a contiguous int64 vector");
+              name, ": pos must be a contiguous int64 vector");
   const int64_t N = xp.dim() == 4 ? xp.size(0) : 1;
-  TORCH_CHECK(coef.dim() == xp.dim() - 1 && (coef.dim() == 2 || coef.size(0) == N) &&
-                  coef.size(-1) == k * k && coef.scalar_type() == xp.scalar_type(),
-              "region_tap_mix: coef must be (N, B, k*k) (or (B, k*k) for one sample) of xp's "
-              "dtype, got ", coef.sizes());
   const int64_t Hp = xp.size(-3), Wp = xp.size(-2), C = xp.size(-1);
   TORCH_CHECK(k >= 1 && stride >= 1 && dilation >= 1 && groups >= 1 && C % groups == 0 &&
               Ho >= 1 && Wo >= 1 && (Ho - 1) * stride + (k - 1) * dilation < Hp &&
               (Wo - 1) * stride + (k - 1) * dilation < Wp,
-              "region_tap_mix: bad k/stride/dilation/groups/output size for xp ", xp.sizes());
+              name, ": bad k/stride/dilation/groups/output size for xp ", xp.sizes());
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  for (int64_t j = 0; j < pos.size(0); ++j)
+    TORCH_CHECK(pp[j] >= 0 && pp[j] < N * Ho * Wo, name, ": position out of range");
+  return N;
+}
+
+static void check_coef(const char* name, const at::Tensor& coef, const at::Tensor& xp, int64_t N,
+                       int64_t k) {
+  TORCH_CHECK(coef.dim() == xp.dim() - 1 && (coef.dim() == 2 || coef.size(0) == N) &&
+                  coef.size(-1) == k * k && coef.scalar_type() == xp.scalar_type(),
+              name, ": coef must be (N, B, k*k) (or (B, k*k) for one sample) of xp's dtype, "
+              "got ", coef.sizes());
+}
+
+static void check_du(const char* name, const at::Tensor& du, const at::Tensor& xp, int64_t groups,
+                     int64_t J, int64_t B) {
+  TORCH_CHECK(du.is_contiguous() && du.scalar_type() == xp.scalar_type() && du.device().is_cpu() &&
+                  du.dim() == 4 && du.size(0) == groups && du.size(1) == J &&
+                  (B < 0 || du.size(2) == B) && du.size(3) == xp.size(-1) / groups,
+              name, ": du must be a contiguous (", groups, ", ", J, ", B, ", xp.size(-1) / groups,
+              ") CPU tensor of xp's dtype", B < 0 ? "" : " with B = coef.size(-2)", ", got ",
+              du.sizes());
+}
+
+at::Tensor region_tap_mix(const at::Tensor& xp, const at::Tensor& pos, const at::Tensor& coef,
+                          int64_t k, int64_t stride, int64_t dilation, int64_t Ho, int64_t Wo,
+                          int64_t groups, const c10::optional<at::Tensor>& out) {
+  const int64_t N = check_tap_args("region_tap_mix", xp, pos, k, stride, dilation, Ho, Wo, groups);
+  check_coef("region_tap_mix", coef, xp, N, k);
+  const int64_t Hp = xp.size(-3), Wp = xp.size(-2), C = xp.size(-1);
   const int64_t J = pos.size(0), B = coef.size(-2);
   const int64_t* pp = pos.data_ptr<int64_t>();
-  for (int64_t j = 0; j < J; ++j)
-    TORCH_CHECK(pp[j] >= 0 && pp[j] < N * Ho * Wo, "region_tap_mix: position out of range");
   const at::Tensor cf = coef.contiguous();
   const std::vector<int64_t> shape{groups, J, B, C / groups};
   at::Tensor u;
@@ -375,6 +404,67 @@ at::Tensor region_tap_mix(const at::Tensor& xp, const at::Tensor& pos, const at:
   return u;
 }
 
+// grad_xp (same layout as xp) += the adjoint of region_tap_mix applied to du.
+void region_tap_mix_grad_input(const at::Tensor& grad_xp, const at::Tensor& pos,
+                               const at::Tensor& coef, const at::Tensor& du, int64_t k,
+                               int64_t stride, int64_t dilation, int64_t Ho, int64_t Wo,
+                               int64_t groups) {
+  const char* name = "region_tap_mix_grad_input";
+  const int64_t N = check_tap_args(name, grad_xp, pos, k, stride, dilation, Ho, Wo, groups);
+  check_coef(name, coef, grad_xp, N, k);
+  const int64_t J = pos.size(0), B = coef.size(-2);
+  check_du(name, du, grad_xp, groups, J, B);
+  const int64_t Hp = grad_xp.size(-3), Wp = grad_xp.size(-2), C = grad_xp.size(-1);
+  const int64_t Cg = C / groups;
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  const at::Tensor cf = coef.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(grad_xp.scalar_type(), "region_tap_mix_grad_input", [&] {
+    scalar_t* gx = grad_xp.data_ptr<scalar_t>();
+    const scalar_t* c = cf.data_ptr<scalar_t>();
+    const scalar_t* d = du.data_ptr<scalar_t>();
+    const int64_t lanes = 32 / sizeof(scalar_t), vecs = (Cg + lanes - 1) / lanes;
+    // threads split the channels (whole vectors): nearby positions' windows overlap
+    at::parallel_for(0, vecs, 4, [&](int64_t v0, int64_t v1) {
+      const int64_t c0 = v0 * lanes, c1 = std::min(v1 * lanes, Cg);
+#ifdef CONVZOO_X86
+      if (has_avx2())
+        return avx2::region_tap_spread_rows<scalar_t>(gx, Hp, Wp, C, pp, J, Ho, Wo, c, d, B, k,
+                                                      stride, dilation, groups, c0, c1);
+#endif
+      base::region_tap_spread_rows<scalar_t>(gx, Hp, Wp, C, pp, J, Ho, Wo, c, d, B, k, stride,
+                                             dilation, groups, c0, c1);
+    });
+  });
+}
+
+// The gradient of region_tap_mix's coefficients, per position: (J, B, k*k).
+at::Tensor region_tap_mix_grad_coef(const at::Tensor& xp, const at::Tensor& pos,
+                                    const at::Tensor& du, int64_t k, int64_t stride,
+                                    int64_t dilation, int64_t Ho, int64_t Wo, int64_t groups) {
+  const char* name = "region_tap_mix_grad_coef";
+  check_tap_args(name, xp, pos, k, stride, dilation, Ho, Wo, groups);
+  const int64_t J = pos.size(0);
+  check_du(name, du, xp, groups, J, -1);
+  const int64_t Hp = xp.size(-3), Wp = xp.size(-2), C = xp.size(-1), B = du.size(2);
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  at::Tensor out = at::empty({J, B, k * k}, xp.options());
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "region_tap_mix_grad_coef", [&] {
+    const scalar_t* x = xp.data_ptr<scalar_t>();
+    const scalar_t* d = du.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, J, 16, [&](int64_t j0, int64_t j1) {
+#ifdef CONVZOO_X86
+      if (has_avx2())
+        return avx2::region_tap_coef_grad_rows<scalar_t>(x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, d,
+                                                         B, k, stride, dilation, groups, o);
+#endif
+      base::region_tap_coef_grad_rows<scalar_t>(x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, d, B, k,
+                                                stride, dilation, groups, o);
+    });
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("depthwise_weight_grad", &depthwise_weight_grad,
         "weight gradient of a stride-1 'same' depthwise conv2d (CPU, any memory format)",
@@ -402,4 +492,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("kernel_size"), pybind11::arg("stride"), pybind11::arg("dilation"),
         pybind11::arg("out_height"), pybind11::arg("out_width"), pybind11::arg("groups"),
         pybind11::arg("out") = pybind11::none());
+  m.def("region_tap_mix_grad_input", &region_tap_mix_grad_input,
+        "DRConv: grad_xp += the adjoint of region_tap_mix applied to du (G, J, B, C/G)",
+        pybind11::arg("grad_xp"), pybind11::arg("pos"), pybind11::arg("coef"), pybind11::arg("du"),
+        pybind11::arg("kernel_size"), pybind11::arg("stride"), pybind11::arg("dilation"),
+        pybind11::arg("out_height"), pybind11::arg("out_width"), pybind11::arg("groups"));
+  m.def("region_tap_mix_grad_coef", &region_tap_mix_grad_coef,
+        "DRConv: the gradient (J, B, k*k) of region_tap_mix's coefficients for du (G, J, B, C/G), "
+        "per position",
+        pybind11::arg("xp"), pybind11::arg("pos"), pybind11::arg("du"),
+        pybind11::arg("kernel_size"), pybind11::arg("stride"), pybind11::arg("dilation"),
+        pybind11::arg("out_height"), pybind11::arg("out_width"), pybind11::arg("groups"));
 }

@@ -1,5 +1,6 @@
-// DRConv's region tap mix (see cpu_kernels.cpp). Included twice by it after depthwise_kernel.h
-// (whose Vec it uses): once for the build's baseline instruction set, once for AVX2+FMA.
+// DRConv's region tap mix and its two adjoints (see cpu_kernels.cpp). Included twice by it after
+// depthwise_kernel.h (whose Vec it uses): once for the build's baseline instruction set, once for
+// AVX2+FMA.
 // No include guard on purpose.
 //
 // For output positions pos[j0..j1) of a batch of padded channels-last samples xp (N, Hp, Wp, C):
@@ -57,6 +58,128 @@ void region_tap_mix_rows(const T* xp, int64_t Hp, int64_t Wp, int64_t C, const i
           case 6: mix_bases<T, 6>(src.data(), cf, taps, Cg, ub); break;
           case 7: mix_bases<T, 7>(src.data(), cf, taps, Cg, ub); break;
           default: mix_bases<T, 8>(src.data(), cf, taps, Cg, ub); break;
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of the tap mix (dL/dxp from dL/du), for the channels [c0, c1) of every group:
+//     grad_xp[n, y(j) + ty * d, x(j) + tx * d, g * Cg + c] += sum_b coef[n, b, t] * du[g, j, b, c]
+// Threads take disjoint channel ranges (the windows of nearby positions overlap). Per vector of
+// channels the bases' du vectors are loaded once and mixed into each tap's destination.
+template <typename T, int NB>
+inline void spread_bases(const T* du, const T* cf, int64_t taps, T* const* dst, int64_t Cg,
+                         int64_t c0, int64_t c1) {
+  using V = Vec<T>;
+  int64_t c = c0;
+  for (; c + V::lanes <= c1; c += V::lanes) {
+    typename V::type dv[NB];
+    for (int b = 0; b < NB; ++b) dv[b] = V::load(du + b * Cg + c);
+    for (int64_t t = 0; t < taps; ++t) {
+      typename V::type acc = V::load(dst[t] + c);
+      for (int b = 0; b < NB; ++b) acc += cf[b * taps + t] * dv[b];
+      std::memcpy(dst[t] + c, &acc, sizeof(acc));
+    }
+  }
+  for (; c < c1; ++c)
+    for (int64_t t = 0; t < taps; ++t) {
+      T a = dst[t][c];
+      for (int b = 0; b < NB; ++b) a += cf[b * taps + t] * du[b * Cg + c];
+      dst[t][c] = a;
+    }
+}
+
+template <typename T>
+void region_tap_spread_rows(T* gxp, int64_t Hp, int64_t Wp, int64_t C, const int64_t* pos,
+                            int64_t J, int64_t Ho, int64_t Wo, const T* coef, const T* du,
+                            int64_t B, int64_t k, int64_t s, int64_t d, int64_t G, int64_t c0,
+                            int64_t c1) {
+  const int64_t Cg = C / G, taps = k * k;
+  std::vector<T*> dst(taps);
+  for (int64_t j = 0; j < J; ++j) {
+    const int64_t n = pos[j] / (Ho * Wo), yx = pos[j] % (Ho * Wo);
+    const int64_t y = (yx / Wo) * s, x = (yx % Wo) * s;
+    T* gn = gxp + n * Hp * Wp * C;
+    const T* cn = coef + n * B * taps;
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t t = 0; t < taps; ++t)
+        dst[t] = gn + ((y + (t / k) * d) * Wp + x + (t % k) * d) * C + g * Cg;
+      const T* dj = du + (g * J + j) * B * Cg;
+      const int64_t chunks = (B + 7) / 8;  // bases in even chunks of at most 8
+      for (int64_t q = 0; q < chunks; ++q) {
+        const int64_t b0 = B * q / chunks, nb = B * (q + 1) / chunks - b0;
+        const T* cf = cn + b0 * taps;
+        const T* db = dj + b0 * Cg;
+        switch (nb) {
+          case 1: spread_bases<T, 1>(db, cf, taps, dst.data(), Cg, c0, c1); break;
+          case 2: spread_bases<T, 2>(db, cf, taps, dst.data(), Cg, c0, c1); break;
+          case 3: spread_bases<T, 3>(db, cf, taps, dst.data(), Cg, c0, c1); break;
+          case 4: spread_bases<T, 4>(db, cf, taps, dst.data(), Cg, c0, c1); break;
+          case 5: spread_bases<T, 5>(db, cf, taps, dst.data(), Cg, c0, c1); break;
+          case 6: spread_bases<T, 6>(db, cf, taps, dst.data(), Cg, c0, c1); break;
+          case 7: spread_bases<T, 7>(db, cf, taps, dst.data(), Cg, c0, c1); break;
+          default: spread_bases<T, 8>(db, cf, taps, dst.data(), Cg, c0, c1); break;
+        }
+      }
+    }
+  }
+}
+
+// The coefficient gradient of the tap mix, per position (summed over the groups):
+//     out[j, b, t] += sum_{g, c} du[g, j, b, c] * xp[n, y(j) + ty * d, x(j) + tx * d, g * Cg + c]
+// NT taps at once: NT dot products over the channels in registers, each du load shared by them.
+template <typename T, int NT>
+inline void dot_taps(const T* du, const T* const* src, int64_t Cg, T* out) {
+  using V = Vec<T>;
+  typename V::type acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = typename V::type{};
+  int64_t c = 0;
+  for (; c + V::lanes <= Cg; c += V::lanes) {
+    const typename V::type dv = V::load(du + c);
+    for (int t = 0; t < NT; ++t) acc[t] += dv * V::load(src[t] + c);
+  }
+  for (int t = 0; t < NT; ++t) {
+    T sum = T(0);
+    for (int l = 0; l < V::lanes; ++l) sum += acc[t][l];
+    for (int64_t cc = c; cc < Cg; ++cc) sum += du[cc] * src[t][cc];
+    out[t] += sum;
+  }
+}
+
+template <typename T>
+void region_tap_coef_grad_rows(const T* xp, int64_t Hp, int64_t Wp, int64_t C, const int64_t* pos,
+                               int64_t j0, int64_t j1, int64_t J, int64_t Ho, int64_t Wo,
+                               const T* du, int64_t B, int64_t k, int64_t s, int64_t d, int64_t G,
+                               T* out) {
+  const int64_t Cg = C / G, taps = k * k;
+  const int64_t chunks = (taps + 7) / 8;  // taps in even chunks of at most 8
+  std::vector<const T*> src(taps);
+  for (int64_t j = j0; j < j1; ++j) {
+    const int64_t n = pos[j] / (Ho * Wo), yx = pos[j] % (Ho * Wo);
+    const int64_t y = (yx / Wo) * s, x = (yx % Wo) * s;
+    const T* xn = xp + n * Hp * Wp * C;
+    T* oj = out + j * B * taps;
+    std::fill(oj, oj + B * taps, T(0));
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t t = 0; t < taps; ++t)
+        src[t] = xn + ((y + (t / k) * d) * Wp + x + (t % k) * d) * C + g * Cg;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* db = du + ((g * J + j) * B + b) * Cg;
+        for (int64_t q = 0; q < chunks; ++q) {
+          const int64_t t0 = taps * q / chunks, nt = taps * (q + 1) / chunks - t0;
+          const T* const* st = src.data() + t0;
+          T* o = oj + b * taps + t0;
+          switch (nt) {
+            case 1: dot_taps<T, 1>(db, st, Cg, o); break;
+            case 2: dot_taps<T, 2>(db, st, Cg, o); break;
+            case 3: dot_taps<T, 3>(db, st, Cg, o); break;
+            case 4: dot_taps<T, 4>(db, st, Cg, o); break;
+            case 5: dot_taps<T, 5>(db, st, Cg, o); break;
+            case 6: dot_taps<T, 6>(db, st, Cg, o); break;
+            case 7: dot_taps<T, 7>(db, st, Cg, o); break;
+            default: dot_taps<T, 8>(db, st, Cg, o); break;
+          }
         }
       }
     }
