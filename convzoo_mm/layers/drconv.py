@@ -24,20 +24,22 @@ gets the guide gradient as ``<g, y_r>`` for every region at every position (``m`
 convolution in any exact implementation), and ``dL/dW``, ``dL/dx`` again on each region's rows
 only. Two forms of this, tested against each other:
 
-* paper generator on CPU (:func:`_forward_tap_mix`, and :func:`_backward_tap_mix` when it has
-  fewer bases than taps): ``y = U @ bank[r]`` with ``U`` the taps of each position mixed by that
-  sample's coefficients, written straight from the padded input by the C++ kernel
-  :func:`convzoo_mm.ops.cpu_kernels.region_tap_mix`. The bank is shared by the samples, so a
-  region's rows of all samples (of a chunk, in the backward) go through one matmul, and this
-  form builds no filter;
+* paper generator on CPU with at most ``k*k`` bases (m <= 8 at k=3; :func:`_forward_tap_mix`,
+  :func:`_backward_tap_mix`): ``y = U @ bank[r]`` with ``U`` the taps of each position mixed by
+  that sample's coefficients, written straight from the padded input by the C++ kernel
+  :func:`convzoo_mm.ops.cpu_kernels.region_tap_mix`; its two adjoints (C++) give ``dL/dx`` and
+  ``dL/dcoef`` from ``dL/dU``, and the guide gradient's ``<g, y_r>`` is ``<dL/dU_r, U_r>``.
+  The bank is shared by the samples, so a region's rows of all samples (of a chunk, in the
+  backward) go through one matmul, and this form builds no filter and no im2col;
 * otherwise (:func:`_forward_per_sample` and the per-sample backward): one channels-last im2col
   ``X`` per sample (positions as rows, :func:`im2col_t`), ``X[p in region r] @ W[n, r]^T``.
 
 The per-sample filters are never stored for the whole batch: both generators are linear in
 their last layer, ``W[n, r] = coef[n, r] @ bank`` (see :func:`materialize_filters`), so the
 filter of one (sample, region) is rebuilt on the fly and its gradient is contracted back into
-``dL/dcoef`` and ``dL/dbank`` at once. Temporary memory is O(one sample's im2col), or a chunk's
-within a fixed budget, instead of O(N * m * out * in * k^2) (151 MB at N=8, m=8, 256->256, k=3).
+``dL/dcoef`` and ``dL/dbank`` at once. Temporary memory is O(one sample's im2col), or a block
+of rows within a fixed budget, instead of O(N * m * out * in * k^2) (151 MB at N=8, m=8,
+256->256, k=3).
 
 While a graph is recorded for use elsewhere (``jit.trace``, ONNX, ``torch.export``) the layer runs
 :meth:`DRConv.forward_naive` (:func:`drconv_naive` as im2col and a batched matmul: same output,
