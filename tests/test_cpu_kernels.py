@@ -182,6 +182,28 @@ def _same_with_and_without_kernels(layer, x, monkeypatch, rel):
         assert (a - b).abs().max() <= rel * b.abs().max(), (a - b).abs().max()
 
 
+def _tap_case(case, dtype, part):
+    """Padded channels-last samples (N, 11, 14, C), coefficients (N, B, k*k) and a random
+    1/``part`` of the output positions in random order, for a tap-mix test case."""
+    gen = torch.Generator().manual_seed(case['c'] * 10 + case['bases'])
+    c, k, nb, n = case['c'], case['k'], case['bases'], case.get('n', 3)
+    s, d, groups = case.get('stride', 1), case.get('dilation', 1), case.get('groups', 1)
+    xp = torch.randn(n, 11, 14, c, dtype=dtype, generator=gen)
+    ho, wo = (11 - d * (k - 1) - 1) // s + 1, (14 - d * (k - 1) - 1) // s + 1
+    pos = torch.randperm(n * ho * wo, generator=gen)[:max(1, n * ho * wo // part)]
+    coef = torch.randn(n, nb, k * k, dtype=dtype, generator=gen)
+    return gen, xp, coef, pos, (c, k, nb, n, s, d, groups, ho, wo)
+
+
+def _unfolded_taps(xp, pos, k, s, d, groups, out_size):
+    """The taps of positions ``pos`` of padded channels-last ``xp`` from F.unfold (taps ordered
+    (ty, tx) per channel): (G, Cg, k*k, J)."""
+    n, c = xp.shape[0], xp.shape[-1]
+    unf = F.unfold(xp.permute(0, 3, 1, 2), k, dilation=d, stride=s)  # (N, C*k*k, L)
+    taps = unf.view(n, groups, c // groups, k * k, -1).permute(1, 2, 3, 0, 4)
+    return taps.reshape(groups, c // groups, k * k, -1)[..., pos]
+
+
 @needs_ext
 @pytest.mark.parametrize('case', [
     dict(c=16, k=3, bases=9),                                 # m=8 paper generator: 2 chunks
@@ -195,17 +217,9 @@ def test_region_tap_mix_equals_unfold(case, dtype):
     """u[g, j, b, c] = sum_t coef[n, b, t] * tap t of position pos[j] (of sample n), against
     F.unfold (taps ordered (ty, tx) per channel) on a random subset of the batch's positions in
     random order; also in the one-sample form (xp 3-D, coef 2-D) and into a reused buffer."""
-    gen = torch.Generator().manual_seed(case['c'] * 10 + case['bases'])
-    c, k, nb, n = case['c'], case['k'], case['bases'], case.get('n', 3)
-    s, d, groups = case.get('stride', 1), case.get('dilation', 1), case.get('groups', 1)
-    xp = torch.randn(n, 11, 14, c, dtype=dtype, generator=gen)
-    ho, wo = (11 - d * (k - 1) - 1) // s + 1, (14 - d * (k - 1) - 1) // s + 1
-    pos = torch.randperm(n * ho * wo, generator=gen)[:max(1, n * ho * wo // 3)]
-    coef = torch.randn(n, nb, k * k, dtype=dtype, generator=gen)
+    gen, xp, coef, pos, (c, k, nb, n, s, d, groups, ho, wo) = _tap_case(case, dtype, 3)
     ours = cpu_kernels.region_tap_mix(xp, pos, coef, k, s, d, (ho, wo), groups)
-    unf = F.unfold(xp.permute(0, 3, 1, 2), k, dilation=d, stride=s)  # (N, C*k*k, L)
-    taps = unf.view(n, groups, c // groups, k * k, ho * wo).permute(1, 2, 3, 0, 4)
-    taps = taps.reshape(groups, c // groups, k * k, -1)[..., pos]      # (G, Cg, T, J)
+    taps = _unfolded_taps(xp, pos, k, s, d, groups, (ho, wo))
     ref = torch.einsum('jbt,gctj->gjbc', coef[pos // (ho * wo)], taps)
     assert ours.shape == (groups, pos.numel(), nb, c // groups)
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
@@ -235,20 +249,12 @@ def test_region_tap_mix_adjoints_equal_autograd(case, dtype):
     values (overlapping windows, stride, dilation, groups), ``region_tap_mix_grad_coef`` gives
     each position's coefficient gradient (checked per row with an einsum, and summed per sample
     against autograd's dL/dcoef); positions in random order, some repeated."""
-    gen = torch.Generator().manual_seed(case['c'] * 10 + case['bases'])
-    c, k, nb, n = case['c'], case['k'], case['bases'], case.get('n', 3)
-    s, d, groups = case.get('stride', 1), case.get('dilation', 1), case.get('groups', 1)
-    xp = torch.randn(n, 11, 14, c, dtype=dtype, generator=gen)
-    ho, wo = (11 - d * (k - 1) - 1) // s + 1, (14 - d * (k - 1) - 1) // s + 1
-    pos = torch.randperm(n * ho * wo, generator=gen)[:max(1, n * ho * wo // 2)]
+    gen, xp, coef, pos, (c, k, nb, n, s, d, groups, ho, wo) = _tap_case(case, dtype, 2)
     pos = torch.cat([pos, pos[:3]])  # a position twice: its gradient counts twice
-    coef = torch.randn(n, nb, k * k, dtype=dtype, generator=gen)
     du = torch.randn(groups, pos.numel(), nb, c // groups, dtype=dtype, generator=gen)
 
     xr, cr = xp.clone().requires_grad_(), coef.clone().requires_grad_()
-    unf = F.unfold(xr.permute(0, 3, 1, 2), k, dilation=d, stride=s)
-    taps = unf.view(n, groups, c // groups, k * k, ho * wo).permute(1, 2, 3, 0, 4)
-    taps = taps.reshape(groups, c // groups, k * k, -1)[..., pos]      # (G, Cg, T, J)
+    taps = _unfolded_taps(xr, pos, k, s, d, groups, (ho, wo))
     u = torch.einsum('jbt,gctj->gjbc', cr[pos // (ho * wo)], taps)
     ref_x, ref_coef = torch.autograd.grad(u, [xr, cr], du, retain_graph=True)
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
