@@ -32,6 +32,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -50,20 +51,22 @@ namespace base {
 #include "region_kernel.h"
 }  // namespace base
 
+// ISA_CALL(kernel, args...): the AVX2+FMA build of a kernel where the CPU has them, else the
+// baseline build.
 #ifdef CONVZOO_X86
 static bool has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
 }
+#define ISA_CALL(FN, ...) (has_avx2() ? avx2::FN(__VA_ARGS__) : base::FN(__VA_ARGS__))
+#else
+#define ISA_CALL(FN, ...) base::FN(__VA_ARGS__)
 #endif
 
 template <typename T>
 void accumulate(const T* g, const T* in, T* acc, int64_t r0, int64_t r1, int64_t H, int64_t W,
                 int64_t C, int64_t k, int64_t d, int64_t pad) {
-#ifdef CONVZOO_X86
-  if (has_avx2()) return avx2::accumulate_rows_k<T>(g, in, acc, r0, r1, H, W, C, k, d, pad);
-#endif
-  base::accumulate_rows_k<T>(g, in, acc, r0, r1, H, W, C, k, d, pad);
+  ISA_CALL(accumulate_rows_k<T>, g, in, acc, r0, r1, H, W, C, k, d, pad);
 }
 
 // grad, input: (N, C, H, W) on CPU, same size (stride 1, 'same' padding), float32 or float64.
@@ -392,13 +395,8 @@ at::Tensor region_tap_mix(const at::Tensor& xp, const at::Tensor& pos, const at:
     const scalar_t* c = cf.data_ptr<scalar_t>();
     scalar_t* o = u.data_ptr<scalar_t>();
     at::parallel_for(0, J, 16, [&](int64_t j0, int64_t j1) {
-#ifdef CONVZOO_X86
-      if (has_avx2())
-        return avx2::region_tap_mix_rows<scalar_t>(x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, c, B,
-                                                   k, stride, dilation, groups, o);
-#endif
-      base::region_tap_mix_rows<scalar_t>(x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, c, B, k, stride,
-                                          dilation, groups, o);
+      ISA_CALL(region_tap_mix_rows<scalar_t>, x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, c, B, k,
+               stride, dilation, groups, o);
     });
   });
   return u;
@@ -426,13 +424,8 @@ void region_tap_mix_grad_input(const at::Tensor& grad_xp, const at::Tensor& pos,
     // threads split the channels (whole vectors): nearby positions' windows overlap
     at::parallel_for(0, vecs, 4, [&](int64_t v0, int64_t v1) {
       const int64_t c0 = v0 * lanes, c1 = std::min(v1 * lanes, Cg);
-#ifdef CONVZOO_X86
-      if (has_avx2())
-        return avx2::region_tap_spread_rows<scalar_t>(gx, Hp, Wp, C, pp, J, Ho, Wo, c, d, B, k,
-                                                      stride, dilation, groups, c0, c1);
-#endif
-      base::region_tap_spread_rows<scalar_t>(gx, Hp, Wp, C, pp, J, Ho, Wo, c, d, B, k, stride,
-                                             dilation, groups, c0, c1);
+      ISA_CALL(region_tap_spread_rows<scalar_t>, gx, Hp, Wp, C, pp, J, Ho, Wo, c, d, B, k,
+               stride, dilation, groups, c0, c1);
     });
   });
 }
@@ -453,13 +446,8 @@ at::Tensor region_tap_mix_grad_coef(const at::Tensor& xp, const at::Tensor& pos,
     const scalar_t* d = du.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, J, 16, [&](int64_t j0, int64_t j1) {
-#ifdef CONVZOO_X86
-      if (has_avx2())
-        return avx2::region_tap_coef_grad_rows<scalar_t>(x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, d,
-                                                         B, k, stride, dilation, groups, o);
-#endif
-      base::region_tap_coef_grad_rows<scalar_t>(x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, d, B, k,
-                                                stride, dilation, groups, o);
+      ISA_CALL(region_tap_coef_grad_rows<scalar_t>, x, Hp, Wp, C, pp, j0, j1, J, Ho, Wo, d, B,
+               k, stride, dilation, groups, o);
     });
   });
   return out;

@@ -6,8 +6,40 @@
 // For output positions pos[j0..j1) of a batch of padded channels-last samples xp (N, Hp, Wp, C):
 //     u[g, j, b, c] = sum_t coef[n, b, t] * xp[n, y(j) + ty * d, x(j) + tx * d, g * Cg + c]
 // with n = pos[j] / (Ho * Wo), yx = pos[j] % (Ho * Wo), y(j) = (yx / Wo) * s, x(j) = (yx % Wo) * s,
-// t = ty * k + tx, and u laid out (G, J, B, Cg). Per vector of channels, up to 8 bases are
-// summed over all taps in registers (each tap's load shared by them), then written once.
+// t = ty * k + tx, and u laid out (G, J, B, Cg).
+
+// The window of output position p (see above): returns its sample n and writes off[t], the
+// offset of tap t within that padded sample (channel 0).
+inline int64_t window(int64_t p, int64_t Ho, int64_t Wo, int64_t Wp, int64_t C, int64_t k,
+                      int64_t s, int64_t d, int64_t* off) {
+  const int64_t n = p / (Ho * Wo), yx = p % (Ho * Wo);
+  const int64_t y = (yx / Wo) * s, x = (yx % Wo) * s;
+  for (int64_t t = 0; t < k * k; ++t) off[t] = ((y + (t / k) * d) * Wp + x + (t % k) * d) * C;
+  return n;
+}
+
+// Splits `total` items (bases or taps) into even chunks of at most 8 (one register each in the
+// kernels below) and calls fn(first, std::integral_constant<int, count>) for each chunk.
+template <typename Fn>
+inline void in_chunks_of_8(int64_t total, Fn&& fn) {
+  const int64_t chunks = (total + 7) / 8;
+  for (int64_t q = 0; q < chunks; ++q) {
+    const int64_t first = total * q / chunks, count = total * (q + 1) / chunks - first;
+    switch (count) {
+      case 1: fn(first, std::integral_constant<int, 1>{}); break;
+      case 2: fn(first, std::integral_constant<int, 2>{}); break;
+      case 3: fn(first, std::integral_constant<int, 3>{}); break;
+      case 4: fn(first, std::integral_constant<int, 4>{}); break;
+      case 5: fn(first, std::integral_constant<int, 5>{}); break;
+      case 6: fn(first, std::integral_constant<int, 6>{}); break;
+      case 7: fn(first, std::integral_constant<int, 7>{}); break;
+      default: fn(first, std::integral_constant<int, 8>{}); break;
+    }
+  }
+}
+
+// The tap mix. Per vector of channels, up to 8 bases are summed over all taps in registers (each
+// tap's load shared by them), then written once.
 template <typename T, int NB>
 inline void mix_bases(const T* const* src, const T* cf, int64_t taps, int64_t Cg, T* u) {
   using V = Vec<T>;
@@ -34,32 +66,17 @@ void region_tap_mix_rows(const T* xp, int64_t Hp, int64_t Wp, int64_t C, const i
                          int64_t j0, int64_t j1, int64_t J, int64_t Ho, int64_t Wo, const T* coef,
                          int64_t B, int64_t k, int64_t s, int64_t d, int64_t G, T* u) {
   const int64_t Cg = C / G, taps = k * k;
+  std::vector<int64_t> off(taps);
   std::vector<const T*> src(taps);
   for (int64_t j = j0; j < j1; ++j) {
-    const int64_t n = pos[j] / (Ho * Wo), yx = pos[j] % (Ho * Wo);
-    const int64_t y = (yx / Wo) * s, x = (yx % Wo) * s;
-    const T* xn = xp + n * Hp * Wp * C;
+    const int64_t n = window(pos[j], Ho, Wo, Wp, C, k, s, d, off.data());
     const T* cn = coef + n * B * taps;
     for (int64_t g = 0; g < G; ++g) {
-      for (int64_t t = 0; t < taps; ++t)
-        src[t] = xn + ((y + (t / k) * d) * Wp + x + (t % k) * d) * C + g * Cg;
+      for (int64_t t = 0; t < taps; ++t) src[t] = xp + n * Hp * Wp * C + off[t] + g * Cg;
       T* uj = u + (g * J + j) * B * Cg;
-      const int64_t chunks = (B + 7) / 8;  // bases in even chunks of at most 8
-      for (int64_t q = 0; q < chunks; ++q) {
-        const int64_t b0 = B * q / chunks, nb = B * (q + 1) / chunks - b0;
-        const T* cf = cn + b0 * taps;
-        T* ub = uj + b0 * Cg;
-        switch (nb) {
-          case 1: mix_bases<T, 1>(src.data(), cf, taps, Cg, ub); break;
-          case 2: mix_bases<T, 2>(src.data(), cf, taps, Cg, ub); break;
-          case 3: mix_bases<T, 3>(src.data(), cf, taps, Cg, ub); break;
-          case 4: mix_bases<T, 4>(src.data(), cf, taps, Cg, ub); break;
-          case 5: mix_bases<T, 5>(src.data(), cf, taps, Cg, ub); break;
-          case 6: mix_bases<T, 6>(src.data(), cf, taps, Cg, ub); break;
-          case 7: mix_bases<T, 7>(src.data(), cf, taps, Cg, ub); break;
-          default: mix_bases<T, 8>(src.data(), cf, taps, Cg, ub); break;
-        }
-      }
+      in_chunks_of_8(B, [&](int64_t b0, auto nb) {
+        mix_bases<T, decltype(nb)::value>(src.data(), cn + b0 * taps, taps, Cg, uj + b0 * Cg);
+      });
     }
   }
 }
@@ -96,32 +113,18 @@ void region_tap_spread_rows(T* gxp, int64_t Hp, int64_t Wp, int64_t C, const int
                             int64_t B, int64_t k, int64_t s, int64_t d, int64_t G, int64_t c0,
                             int64_t c1) {
   const int64_t Cg = C / G, taps = k * k;
+  std::vector<int64_t> off(taps);
   std::vector<T*> dst(taps);
   for (int64_t j = 0; j < J; ++j) {
-    const int64_t n = pos[j] / (Ho * Wo), yx = pos[j] % (Ho * Wo);
-    const int64_t y = (yx / Wo) * s, x = (yx % Wo) * s;
-    T* gn = gxp + n * Hp * Wp * C;
+    const int64_t n = window(pos[j], Ho, Wo, Wp, C, k, s, d, off.data());
     const T* cn = coef + n * B * taps;
     for (int64_t g = 0; g < G; ++g) {
-      for (int64_t t = 0; t < taps; ++t)
-        dst[t] = gn + ((y + (t / k) * d) * Wp + x + (t % k) * d) * C + g * Cg;
+      for (int64_t t = 0; t < taps; ++t) dst[t] = gxp + n * Hp * Wp * C + off[t] + g * Cg;
       const T* dj = du + (g * J + j) * B * Cg;
-      const int64_t chunks = (B + 7) / 8;  // bases in even chunks of at most 8
-      for (int64_t q = 0; q < chunks; ++q) {
-        const int64_t b0 = B * q / chunks, nb = B * (q + 1) / chunks - b0;
-        const T* cf = cn + b0 * taps;
-        const T* db = dj + b0 * Cg;
-        switch (nb) {
-          case 1: spread_bases<T, 1>(db, cf, taps, dst.data(), Cg, c0, c1); break;
-          case 2: spread_bases<T, 2>(db, cf, taps, dst.data(), Cg, c0, c1); break;
-          case 3: spread_bases<T, 3>(db, cf, taps, dst.data(), Cg, c0, c1); break;
-          case 4: spread_bases<T, 4>(db, cf, taps, dst.data(), Cg, c0, c1); break;
-          case 5: spread_bases<T, 5>(db, cf, taps, dst.data(), Cg, c0, c1); break;
-          case 6: spread_bases<T, 6>(db, cf, taps, dst.data(), Cg, c0, c1); break;
-          case 7: spread_bases<T, 7>(db, cf, taps, dst.data(), Cg, c0, c1); break;
-          default: spread_bases<T, 8>(db, cf, taps, dst.data(), Cg, c0, c1); break;
-        }
-      }
+      in_chunks_of_8(B, [&](int64_t b0, auto nb) {
+        spread_bases<T, decltype(nb)::value>(dj + b0 * Cg, cn + b0 * taps, taps, dst.data(), Cg,
+                                             c0, c1);
+      });
     }
   }
 }
@@ -153,34 +156,19 @@ void region_tap_coef_grad_rows(const T* xp, int64_t Hp, int64_t Wp, int64_t C, c
                                const T* du, int64_t B, int64_t k, int64_t s, int64_t d, int64_t G,
                                T* out) {
   const int64_t Cg = C / G, taps = k * k;
-  const int64_t chunks = (taps + 7) / 8;  // taps in even chunks of at most 8
+  std::vector<int64_t> off(taps);
   std::vector<const T*> src(taps);
   for (int64_t j = j0; j < j1; ++j) {
-    const int64_t n = pos[j] / (Ho * Wo), yx = pos[j] % (Ho * Wo);
-    const int64_t y = (yx / Wo) * s, x = (yx % Wo) * s;
-    const T* xn = xp + n * Hp * Wp * C;
+    const int64_t n = window(pos[j], Ho, Wo, Wp, C, k, s, d, off.data());
     T* oj = out + j * B * taps;
     std::fill(oj, oj + B * taps, T(0));
     for (int64_t g = 0; g < G; ++g) {
-      for (int64_t t = 0; t < taps; ++t)
-        src[t] = xn + ((y + (t / k) * d) * Wp + x + (t % k) * d) * C + g * Cg;
+      for (int64_t t = 0; t < taps; ++t) src[t] = xp + n * Hp * Wp * C + off[t] + g * Cg;
       for (int64_t b = 0; b < B; ++b) {
         const T* db = du + ((g * J + j) * B + b) * Cg;
-        for (int64_t q = 0; q < chunks; ++q) {
-          const int64_t t0 = taps * q / chunks, nt = taps * (q + 1) / chunks - t0;
-          const T* const* st = src.data() + t0;
-          T* o = oj + b * taps + t0;
-          switch (nt) {
-            case 1: dot_taps<T, 1>(db, st, Cg, o); break;
-            case 2: dot_taps<T, 2>(db, st, Cg, o); break;
-            case 3: dot_taps<T, 3>(db, st, Cg, o); break;
-            case 4: dot_taps<T, 4>(db, st, Cg, o); break;
-            case 5: dot_taps<T, 5>(db, st, Cg, o); break;
-            case 6: dot_taps<T, 6>(db, st, Cg, o); break;
-            case 7: dot_taps<T, 7>(db, st, Cg, o); break;
-            default: dot_taps<T, 8>(db, st, Cg, o); break;
-          }
-        }
+        in_chunks_of_8(taps, [&](int64_t t0, auto nt) {
+          dot_taps<T, decltype(nt)::value>(db, src.data() + t0, Cg, oj + b * taps + t0);
+        });
       }
     }
   }
