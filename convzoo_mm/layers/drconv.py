@@ -361,11 +361,11 @@ def _backward_tap_mix(x, region, coef, bank, banks, meta, m, grad_out, needs):
                     gb.view(groups, nb, cg, og).permute(1, 2, 0, 3))
             if not (need_coef or need_x):
                 continue
-            if not need_soft:
+            if not need_soft:  # dU and D on the region's rows only
                 du = cpu_kernels.matmul(g_r, banks[r].transpose(1, 2)).view(groups, j, nb, cg)
-            if need_coef:  # per row, then per sample
-                if not need_soft:
+                if need_coef:
                     d_r = cpu_kernels.region_tap_mix_grad_coef(xp, idx, du, *geometry)
+            if need_coef:  # per row, then per sample
                 grad_coef[i0:i1, r].index_add_(0, idx // per, d_r)
             if need_x:
                 cpu_kernels.region_tap_mix_grad_input_(grad_xp, idx, cf, du, *geometry)
