@@ -31,6 +31,7 @@ setup(
         'torch>=2.0', 'mmengine>=0.10.0,<0.11', 'mmcv>=2.0.0,<2.2.0',
         'mmdet>=3.0.0,<3.4', 'mmsegmentation>=1.0.0,<1.3', 'PyWavelets', 'ftfy', 'regex',
     ],
-    extras_require={'tests': ['pytest', 'hypothesis', 'matplotlib', 'onnx', 'onnxruntime', 'triton']},
+    extras_require={
+        'tests': ['pytest', 'hypothesis', 'matplotlib', 'onnx', 'onnxruntime', 'triton']},
     **extensions(),
 )

@@ -105,7 +105,8 @@ def test_counted_modules_replace_traced_counts():
     assert 'conv_transpose' not in ''.join(res['by_operator'])
     rec = res['layers']['shared']
     assert rec['input_shapes'] == [(2, 4, 16, 16), (2, 4, 8, 8)]
-    assert rec['flops'] == shared and rec['traced_flops'] > shared  # the trace also saw the extra op
+    # the trace also saw the extra op
+    assert rec['flops'] == shared and rec['traced_flops'] > shared
     # the per-module table is mmengine's layout with the replaced numbers
     assert '#flops' in res['table'] and 'outer' in res['table']
     from mmengine.analysis.print_helper import _format_size

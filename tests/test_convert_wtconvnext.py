@@ -30,7 +30,8 @@ def timm_state_dict(depths, channels, wt_levels, wavelet=True, k=5, seed=0):
     for i, (d, c) in enumerate(zip(depths, channels)):
         if i > 0:
             p = channels[i - 1]
-            sd.update({f'stages.{i}.downsample.0.weight': r(p), f'stages.{i}.downsample.0.bias': r(p),
+            sd.update({f'stages.{i}.downsample.0.weight': r(p),
+                       f'stages.{i}.downsample.0.bias': r(p),
                        f'stages.{i}.downsample.1.weight': r(c, p, 2, 2),
                        f'stages.{i}.downsample.1.bias': r(c)})
         for j in range(d):
@@ -138,16 +139,19 @@ def fb_state_dict(depths, channels, seed=0):
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     sd = {'downsample_layers.0.0.weight': r(channels[0], 3, 4, 4),
           'downsample_layers.0.0.bias': r(channels[0]),
-          'downsample_layers.0.1.weight': r(channels[0]), 'downsample_layers.0.1.bias': r(channels[0])}
+          'downsample_layers.0.1.weight': r(channels[0]),
+          'downsample_layers.0.1.bias': r(channels[0])}
     for i, (d, c) in enumerate(zip(depths, channels)):
         if i > 0:
             p = channels[i - 1]
-            sd.update({f'downsample_layers.{i}.0.weight': r(p), f'downsample_layers.{i}.0.bias': r(p),
+            sd.update({f'downsample_layers.{i}.0.weight': r(p),
+                       f'downsample_layers.{i}.0.bias': r(p),
                        f'downsample_layers.{i}.1.weight': r(c, p, 2, 2),
                        f'downsample_layers.{i}.1.bias': r(c)})
         for j in range(d):
             b = f'stages.{i}.{j}.'
-            sd.update({b + 'gamma': r(c), b + 'dwconv.weight': r(c, 1, 7, 7), b + 'dwconv.bias': r(c),
+            sd.update({b + 'gamma': r(c), b + 'dwconv.weight': r(c, 1, 7, 7),
+                       b + 'dwconv.bias': r(c),
                        b + 'norm.weight': r(c), b + 'norm.bias': r(c),
                        b + 'pwconv1.weight': r(4 * c, c), b + 'pwconv1.bias': r(4 * c),
                        b + 'pwconv2.weight': r(c, 4 * c), b + 'pwconv2.bias': r(c)})

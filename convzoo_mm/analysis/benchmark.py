@@ -146,7 +146,8 @@ class _Runner:
         self.params = list(module.parameters()) if isinstance(module, nn.Module) else []
         self.x = _map_tensors(x, lambda t: t.to(device).contiguous(memory_format=fmt)
                               if t.dim() == 4 else t.to(device))
-        self.x_grad = _map_tensors(self.x, lambda t: t.detach().requires_grad_(t.is_floating_point()))
+        self.x_grad = _map_tensors(
+            self.x, lambda t: t.detach().requires_grad_(t.is_floating_point()))
         with torch.no_grad(), self.amp():
             out = self.module(self.x)
         gen = torch.Generator().manual_seed(seed)
@@ -250,7 +251,8 @@ def benchmark_case(case: BenchCase, repeats: int = 10, warmup: int = 2,
             row['outputs_match'] = row['max_abs_diff'] <= atol * scale
         rows.append(row)
         log(f'  {case.layer_name} {case.label:>22s} {name:>28s}: fwd '
-            f'{row["fwd"]["median"] * 1e3:8.2f} ms, fwd+bwd {row["fwd_bwd"]["median"] * 1e3:8.2f} ms'
+            f'{row["fwd"]["median"] * 1e3:8.2f} ms, '
+            f'fwd+bwd {row["fwd_bwd"]["median"] * 1e3:8.2f} ms'
             + (f', peak {row["peak_fwd_bwd"] / 2**20:7.1f} MiB' if measure_memory else ''))
     return rows
 
@@ -431,7 +433,8 @@ def run_benchmark(cases: Sequence[BenchCase], out_dir: Optional[str] = None, rep
         result['files'] = [md_path, json_path, png]
 
     for i, case in enumerate(cases):
-        log(f'[{i + 1}/{len(cases)}] {case.layer_name} {case.label} input {tuple(case.input_shape)}')
+        log(f'[{i + 1}/{len(cases)}] {case.layer_name} {case.label} '
+            f'input {tuple(case.input_shape)}')
         rows += benchmark_case(case, repeats, warmup, formats, device, timer, measure_memory,
                                atol, log=log, autocast=autocast)
         write()

@@ -3,8 +3,9 @@
 Following Luo et al. (2016) and the ERF figures of RepLKNet / WTConv: for each image, the scalar
 ``sum over channels of ReLU(chosen output feature map at its central position)`` (RepLKNet's
 choice; without the ReLU, an output that ends in a channel LayerNorm, as ConvNeXt stages do,
-sums to a constant and has no gradient) is back-propagated to the input; the ERF is the per-pixel sum over input channels of ``|d scalar / d input|``,
-averaged over images. The map is shown as ``log10(erf + 1)`` normalised to [0, 1].
+sums to a constant and has no gradient) is back-propagated to the input; the ERF is the
+per-pixel sum over input channels of ``|d scalar / d input|``, averaged over images. The map is
+shown as ``log10(erf + 1)`` normalised to [0, 1].
 
 The spread is summarised like RepLKNet's analysis: for a threshold ``t`` (20%, 50%, 99%), the
 smallest square centred on the central pixel whose contribution is at least ``t`` of the total,
@@ -19,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['compute_erf', 'erf_area_ratios', 'plot_erfs', 'erf_image', 'save_erf_image', 'load_images', 'smooth_random_images',
-           'find_images', 'IMAGE_EXTENSIONS', 'LABEL_FOLDERS']
+__all__ = ['compute_erf', 'erf_area_ratios', 'plot_erfs', 'erf_image', 'save_erf_image',
+           'load_images', 'smooth_random_images', 'find_images', 'IMAGE_EXTENSIONS',
+           'LABEL_FOLDERS']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 # folders of label maps in mm dataset layouts (ADE20K/COCO-stuff, mmseg's ann_dir, Cityscapes,

@@ -255,6 +255,8 @@ def model_table(rows: Sequence[Dict[str, Any]], info: Optional[Dict[str, Any]] =
     return '\n'.join(lines) + '\n'
 
 
+_CASCADE_3X = '4conv1fc-giou_amp-ms-crop-3x_coco.py'
+
 # Config pairs (config, baseline) timed by tools/analysis/benchmark_configs.py. The baseline is
 # the same detector/segmentor with the plain layer (or ConvNeXt for WTConvNeXt).
 CONFIG_PAIRS = {
@@ -268,10 +270,9 @@ CONFIG_PAIRS = {
          ('configs/demo/upernet_wtconvnext-demo_1xb8-300i_demo-128x128.py',
           'configs/demo/upernet_r50-thin_1xb8-300i_demo-128x128.py')],
     'paper': [
-        ('configs/wtconvnext/cascade-mask-rcnn_wtconvnext-t_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py',
-         'configs/wtconvnext/cascade-mask-rcnn_convnext-t_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'),
-        ('configs/wtconvnext/cascade-mask-rcnn_wtconvnext-s_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py',
-         'configs/wtconvnext/cascade-mask-rcnn_convnext-s_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'),
+        *[(f'configs/wtconvnext/cascade-mask-rcnn_wtconvnext-{a}_fpn_{_CASCADE_3X}',
+           f'configs/wtconvnext/cascade-mask-rcnn_convnext-{a}_fpn_{_CASCADE_3X}')
+          for a in ('t', 's')],
         ('configs/wtconvnext/mask-rcnn_wtconvnext-t_fpn_amp-1x_coco.py',
          'configs/wtconvnext/mask-rcnn_convnext-t_fpn_amp-1x_coco.py'),
         *[(f'configs/wtconvnext/wtconvnext-{a}_upernet_8xb2-amp-160k_ade20k-512x512.py',

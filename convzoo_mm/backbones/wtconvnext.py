@@ -1,23 +1,24 @@
-"""WTConvNeXt (Finder et al., ECCV 2024) and the plain ConvNeXt v1 baseline for MMDetection/MMSegmentation.
+"""WTConvNeXt (Finder et al., ECCV 2024) and the plain ConvNeXt v1 baseline for
+MMDetection/MMSegmentation.
 
 One class, :class:`WTConvNeXt`, builds both:
 
-* ``conv_type='wtconv'`` (default): ConvNeXt v1 whose 7x7 depthwise conv is replaced by a depthwise
-  :class:`~convzoo_mm.layers.wtconv.WTConv` with ``kernel_size=5`` and ``wt_levels=(5, 4, 3, 2)`` per
-  stage, as in the published WTConvNeXt;
-* ``conv_type='plain'``: the ConvNeXt v1 baseline (7x7 depthwise conv), so the baseline configs need no
-  extra package (no mmpretrain).
+* ``conv_type='wtconv'`` (default): ConvNeXt v1 whose 7x7 depthwise conv is replaced by a
+  depthwise :class:`~convzoo_mm.layers.wtconv.WTConv` with ``kernel_size=5`` and
+  ``wt_levels=(5, 4, 3, 2)`` per stage, as in the published WTConvNeXt;
+* ``conv_type='plain'``: the ConvNeXt v1 baseline (7x7 depthwise conv), so the baseline configs
+  need no extra package (no mmpretrain).
 
 Parameters are named as in mmpretrain's ``ConvNeXt`` (``downsample_layers.{i}.{0,1}``,
-``stages.{i}.{j}.{depthwise_conv, norm, pointwise_conv1, pointwise_conv2, gamma}``, ``norm{i}`` per
-output), so
+``stages.{i}.{j}.{depthwise_conv, norm, pointwise_conv1, pointwise_conv2, gamma}``, ``norm{i}``
+per output), so
 
-* mmpretrain ImageNet ConvNeXt checkpoints (the ones mmdet's and mmseg's own ConvNeXt configs load with
-  ``prefix='backbone.'``) load into the baseline; only the output norms ``norm0-2`` are missing
-  (new, as with mmpretrain's class);
-* mmdet's / mmseg's ``LearningRateDecayOptimizerConstructor`` (which accept a backbone whose class name
-  contains ``ConvNeXt`` and parse ``downsample_layers.{i}`` / ``stages.{i}.{j}``) give the recipes'
-  layer-wise and stage-wise learning-rate decay;
+* mmpretrain ImageNet ConvNeXt checkpoints (the ones mmdet's and mmseg's own ConvNeXt configs
+  load with ``prefix='backbone.'``) load into the baseline; only the output norms ``norm0-2``
+  are missing (new, as with mmpretrain's class);
+* mmdet's / mmseg's ``LearningRateDecayOptimizerConstructor`` (which accept a backbone whose
+  class name contains ``ConvNeXt`` and parse ``downsample_layers.{i}`` / ``stages.{i}.{j}``)
+  give the recipes' layer-wise and stage-wise learning-rate decay;
 * the official WTConvNeXt ImageNet checkpoints (timm naming) convert with :func:`convert_state_dict`
   (CLI: ``tools/convert_wtconvnext.py``).
 """
@@ -77,7 +78,10 @@ def block_param_count(channels: int, conv_type: str, kernel_size: int, wt_levels
     LayerNorm ``2C``; MLP ``C*rC + rC + rC*C + C``; layer scale ``C``.
     """
     c, k = channels, kernel_size
-    dw = k * k * c + c if conv_type == 'plain' else (k * k + 2) * c + wt_levels * (4 * k * k + 4) * c
+    if conv_type == 'plain':
+        dw = k * k * c + c
+    else:
+        dw = (k * k + 2) * c + wt_levels * (4 * k * k + 4) * c
     hidden = mlp_ratio * c
     return dw + 2 * c + (c * hidden + hidden) + (hidden * c + c) + c
 
@@ -158,6 +162,12 @@ def _map_block_rest(rest: str, fmt: str) -> Optional[Tuple[str, bool]]:
     return None
 
 
+def _head_norm(key: str, keep: bool) -> Tuple[str, bool]:
+    """The final ImageNet norm's parameter ``key``: ``(new key, dropped as head)``, kept as
+    ``norm3.*`` (mmpretrain's convention) or dropped with the head."""
+    return ('norm3.' + key.split('.')[-1], False) if keep else (key, True)
+
+
 def convert_state_dict(state_dict: Dict[str, torch.Tensor], fmt: Optional[str] = None,
                        keep_head_norm: bool = True, prefix: str = 'backbone.'
                        ) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, List[str]]]:
@@ -167,24 +177,26 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], fmt: Optional[str] =
 
     Mapping (``fmt='timm'``: official WTConvNeXt and timm ConvNeXt checkpoints):
 
-    ====================================================  ============================================
-    source                                                ours (after ``prefix``)
-    ====================================================  ============================================
-    ``stem.{0,1}.*``                                      ``downsample_layers.0.{0,1}.*``
-    ``stages.{i}.downsample.{0,1}.*``                     ``downsample_layers.{i}.{0,1}.*``
-    ``stages.{i}.blocks.{j}.gamma`` / ``norm.*``          ``stages.{i}.{j}.gamma`` / ``norm.*``
-    ``stages.{i}.blocks.{j}.conv_dw.<p>``                 ``stages.{i}.{j}.depthwise_conv.<p>``
-    ``stages.{i}.blocks.{j}.mlp.fc{1,2}.*``               ``stages.{i}.{j}.pointwise_conv{1,2}.*``
-    ``head.norm.*``                                       ``norm3.*`` (mmpretrain's convention for the
-                                                          final ImageNet norm; dropped if
-                                                          ``keep_head_norm=False``)
-    ``head.fc.*``                                         dropped (classifier)
-    ``...conv_dw.wt_filter`` / ``iwt_filter``             dropped (frozen Haar filters, rebuilt by WTConv)
-    ====================================================  ============================================
+    ============================================  ============================================
+    source                                        ours (after ``prefix``)
+    ============================================  ============================================
+    ``stem.{0,1}.*``                              ``downsample_layers.0.{0,1}.*``
+    ``stages.{i}.downsample.{0,1}.*``             ``downsample_layers.{i}.{0,1}.*``
+    ``stages.{i}.blocks.{j}.gamma`` / ``norm.*``  ``stages.{i}.{j}.gamma`` / ``norm.*``
+    ``stages.{i}.blocks.{j}.conv_dw.<p>``         ``stages.{i}.{j}.depthwise_conv.<p>``
+    ``stages.{i}.blocks.{j}.mlp.fc{1,2}.*``       ``stages.{i}.{j}.pointwise_conv{1,2}.*``
+    ``head.norm.*``                               ``norm3.*`` (mmpretrain's convention for the
+                                                  final ImageNet norm; dropped if
+                                                  ``keep_head_norm=False``)
+    ``head.fc.*``                                 dropped (classifier)
+    ``...conv_dw.wt_filter`` / ``iwt_filter``     dropped (frozen Haar filters, rebuilt by
+                                                  WTConv)
+    ============================================  ============================================
 
-    ``fmt='fb'`` (facebookresearch ConvNeXt): ``downsample_layers`` kept, ``dwconv``/``pwconv{1,2}``
-    renamed, final ``norm.*`` -> ``norm3.*``, ``head.*`` dropped. ``fmt='mmpretrain'``: backbone keys
-    kept (validated), ``head.*`` and ``data_preprocessor.*`` dropped.
+    ``fmt='fb'`` (facebookresearch ConvNeXt): ``downsample_layers`` kept, ``dwconv`` /
+    ``pwconv{1,2}`` renamed, final ``norm.*`` -> ``norm3.*``, ``head.*`` dropped.
+    ``fmt='mmpretrain'``: backbone keys kept (validated), ``head.*`` and ``data_preprocessor.*``
+    dropped.
 
     Args:
         state_dict (dict[str, Tensor]): source weights (``'state_dict'``/``'model'`` wrappers and a
@@ -209,7 +221,8 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], fmt: Optional[str] =
         frozen = False
         head = False
         if fmt == 'timm':
-            m_stem, m_down, m_blk = _TIMM_STEM.match(key), _TIMM_DOWN.match(key), _TIMM_BLOCK.match(key)
+            m_stem, m_down = _TIMM_STEM.match(key), _TIMM_DOWN.match(key)
+            m_blk = _TIMM_BLOCK.match(key)
             if m_stem:
                 new = f'downsample_layers.0.{m_stem.group(1)}.{m_stem.group(2)}'
             elif m_down:
@@ -220,7 +233,7 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], fmt: Optional[str] =
                     new = f'stages.{m_blk.group(1)}.{m_blk.group(2)}.{r[0]}'
                     frozen = r[1]
             elif re.match(r'^head\.norm\.(weight|bias)$', key):
-                new, head = ('norm3.' + key.split('.')[-1], False) if keep_head_norm else (key, True)
+                new, head = _head_norm(key, keep_head_norm)
             elif re.match(r'^head\.fc\.(weight|bias)$', key):
                 new, head = key, True
         elif fmt == 'fb':
@@ -233,7 +246,7 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], fmt: Optional[str] =
                     new = f'stages.{m_blk.group(1)}.{m_blk.group(2)}.{r[0]}'
                     frozen = r[1]
             elif _NORM_PARAM.match(key):
-                new, head = ('norm3.' + key.split('.')[-1], False) if keep_head_norm else (key, True)
+                new, head = _head_norm(key, keep_head_norm)
             elif re.match(r'^head\.(weight|bias)$', key):
                 new, head = key, True
         else:  # mmpretrain
@@ -379,9 +392,9 @@ class ConvNeXtBlock(nn.Module):
 class WTConvNeXt(FreezableBackbone):
     """WTConvNeXt backbone (and the ConvNeXt v1 baseline with ``conv_type='plain'``).
 
-    `Wavelet Convolutions for Large Receptive Fields <https://arxiv.org/abs/2407.05848>`_ (ECCV 2024)
-    on `A ConvNet for the 2020s <https://arxiv.org/abs/2201.03545>`_. Parameter names follow
-    mmpretrain's ``ConvNeXt`` (see the module docstring).
+    `Wavelet Convolutions for Large Receptive Fields <https://arxiv.org/abs/2407.05848>`_
+    (ECCV 2024) on `A ConvNet for the 2020s <https://arxiv.org/abs/2201.03545>`_. Parameter
+    names follow mmpretrain's ``ConvNeXt`` (see the module docstring).
 
     Args:
         arch (str | dict): ``'tiny'``, ``'small'``, ``'base'``, ``'large'`` or a dict with
@@ -400,8 +413,8 @@ class WTConvNeXt(FreezableBackbone):
         norm_eps (float): LayerNorm epsilon. Default 1e-6.
         out_indices (Sequence[int] | int): stages whose (normalised) outputs are returned; each gets
             a LayerNorm ``norm{i}``. Negative indices count from the end. Default ``(0, 1, 2, 3)``.
-        frozen_stages (int): freeze ``downsample_layers[i]`` and ``stages[i]`` for ``i < frozen_stages``
-            (``requires_grad=False``, kept in eval mode). Default 0.
+        frozen_stages (int): freeze ``downsample_layers[i]`` and ``stages[i]`` for
+            ``i < frozen_stages`` (``requires_grad=False``, kept in eval mode). Default 0.
         norm_eval (bool): keep BatchNorm-type layers (running statistics) in eval mode while
             training. ConvNeXt uses only LayerNorm, which has no running statistics, so with the
             default layers this changes nothing; it is accepted for mm-config compatibility.
@@ -448,7 +461,8 @@ class WTConvNeXt(FreezableBackbone):
                 raise ValueError(f'arch dict must have keys depths, channels (and optionally '
                                  f'wt_levels), got {sorted(arch)}')
         else:
-            raise ValueError(f'arch must be one of {list(self.arch_settings)} or a dict, got {arch!r}')
+            raise ValueError(f'arch must be one of {list(self.arch_settings)} or a dict, '
+                             f'got {arch!r}')
         depths, channels = list(arch['depths']), list(arch['channels'])
         if 'wt_levels' in arch and wt_levels is not None and \
                 list(arch['wt_levels']) != list(wt_levels):

@@ -777,7 +777,8 @@ def octave_norm(norm: nn.Module, x: OctTensor) -> OctTensor:
 # --------------------------------------------------------------------------------------------
 @register
 class OctaveConv(LayerStateDict, nn.Module):
-    """Octave convolution, usable as ``conv_cfg=dict(type='OctaveConv', alpha_in=.., alpha_out=..)``.
+    """Octave convolution, usable as
+    ``conv_cfg=dict(type='OctaveConv', alpha_in=.., alpha_out=..)``.
 
     See the module docstring for the conventions (channel split, weight layout, stride, odd sizes).
 

@@ -29,7 +29,8 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from convzoo_mm.layers.octconv import OctaveConv  # noqa: E402
 
-STAGES = [('C64@56²', 64, 56), ('C128@28²', 128, 28), ('C256@14²', 256, 14), ('C512@7²', 512, 7)]
+STAGES = [('C64@56²', 64, 56), ('C128@28²', 128, 28), ('C256@14²', 256, 14),
+          ('C512@7²', 512, 7)]
 
 
 def _step(model, x, backward):
@@ -107,9 +108,9 @@ def bench_backbones(args):
     for m in models.values():
         m.train()  # (mmdet's ResNet.train returns None: no chaining)
         m.to(memory_format=fmt)
+    layout = 'channels_last' if args.channels_last else 'NCHW'
     print(f'\n## OctResNet-{args.depth} vs {ref_name}: batch {args.batch_backbone}, '
-          f'{args.size}x{args.size}, train mode, {"channels_last" if args.channels_last else "NCHW"}, '
-          f'medians of {args.repeats}')
+          f'{args.size}x{args.size}, train mode, {layout}, medians of {args.repeats}')
     print('| model | fwd ms | fwd+bwd ms | fwd ratio | fwd+bwd ratio |')
     print('|---|---|---|---|---|')
     fwd = time_interleaved({k: (lambda m=m: _step(m, x, False)) for k, m in models.items()},

@@ -21,8 +21,9 @@ from convzoo_mm.analysis.layer_suites import parse_shape  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split(
-        'examples:')[1].join(['examples:', '']), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='examples:' + __doc__.split('examples:')[1])
     parser.add_argument('--layers', nargs='+', help='layer names (default: every layer in '
                         'convzoo_mm.layers.__all__ with count_flops)')
     parser.add_argument('--preset', default='paper', choices=['paper', 'tiny'])

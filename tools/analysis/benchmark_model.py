@@ -7,7 +7,8 @@ forward (mode='loss') + backward + SGD step; inference is mode='predict'. Prints
 with medians, quartiles and the ratios to the baseline; writes OUT_DIR/benchmark_model.{md,json}.
 
 example:
-  python tools/analysis/benchmark_model.py configs/demo/X.py --baseline configs/demo/Y.py --shape 256 256
+  python tools/analysis/benchmark_model.py configs/demo/X.py --baseline configs/demo/Y.py \\
+      --shape 256 256
 """
 import argparse
 import json

@@ -14,7 +14,8 @@ examples:
   python tools/analysis/benchmark_wtconvnext.py --device cuda --shape 64 3 224 224
   python tools/analysis/benchmark_wtconvnext.py --device cuda --shape 2 3 800 1216 --autocast bf16
   python tools/analysis/benchmark_wtconvnext.py --device cuda --autocast bf16 --profile 5
-  python tools/analysis/benchmark_wtconvnext.py --device cuda --autocast bf16 --compile reduce-overhead
+  python tools/analysis/benchmark_wtconvnext.py --device cuda --autocast bf16 \\
+      --compile reduce-overhead
   python tools/analysis/benchmark_wtconvnext.py --shape 1 3 128 128 --repeats 2     # CPU smoke run
 """
 import argparse
@@ -26,8 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split(
-        'examples:')[1].join(['examples:', '']), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='examples:' + __doc__.split('examples:')[1])
     parser.add_argument('--arch', default='tiny', help="WTConvNeXt arch (default 'tiny')")
     parser.add_argument('--shape', type=int, nargs=4, default=[64, 3, 224, 224],
                         metavar=('N', 'C', 'H', 'W'), help='input batch (default 64 3 224 224)')

@@ -12,9 +12,11 @@ Prints and saves the fraction of the map covered by the smallest centred square 
 
 examples:
   python tools/analysis/erf.py configs/demo/A.py configs/demo/B.py --names R50 R50-WTConv
-  python tools/analysis/erf.py "dict(type='WTConvNeXt', conv_type='plain')" "dict(type='WTConvNeXt')"
+  python tools/analysis/erf.py "dict(type='WTConvNeXt', conv_type='plain')" \\
+      "dict(type='WTConvNeXt')"
       --names ConvNeXt-T WTConvNeXt-T   (inline backbone specs instead of configs)
-  python tools/analysis/erf.py CONFIG --checkpoints work_dirs/x/epoch_12.pth --images data/coco/val2017 --size 512
+  python tools/analysis/erf.py CONFIG --checkpoints work_dirs/x/epoch_12.pth \\
+      --images data/coco/val2017 --size 512
 """
 import argparse
 import json

@@ -4,7 +4,8 @@ high/low branch energy, for chosen layers (default: all) of a config's model bac
 
 examples:
   python tools/analysis/visualize_layers.py CONFIG --image data/demo/.../x.jpg
-  python tools/analysis/visualize_layers.py CONFIG --checkpoint ckpt.pth --layers layer3.0.conv2 --list
+  python tools/analysis/visualize_layers.py CONFIG --checkpoint ckpt.pth \\
+      --layers layer3.0.conv2 --list
 """
 import argparse
 import os
