@@ -2,7 +2,7 @@
 
 Oracles: the plain conv MAC formula written out here, hand-made modules whose true count is known,
 and (for WTConv) the traced count of the published layer, which is built only from convs and
-transposed convs that mmengine counts exactly.
+transposed convs that mmengine counts exactly, and the Haar WTConv formula of tests.utils.
 """
 import importlib
 
@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from convzoo_mm.analysis.flops import get_model_complexity
+from tests.utils import haar_wtconv_macs
 
 
 def conv_macs(n, cin, cout, k, h_out, w_out, groups=1):
@@ -135,11 +136,7 @@ def test_wtconv_count_matches_published_trace_and_formula(levels, size):
     ours = get_model_complexity(wt(c, c, k, groups=c, wt_levels=levels), torch.randn(shape))
     published = get_model_complexity(PublishedWTConv2d(c, k, wt_levels=levels),
                                      torch.randn(shape))
-    formula = n * c * h * w * k * k
-    for _ in range(levels):
-        ph, pw = h + h % 2, w + w % 2
-        formula += n * c * ph * pw * (4 + k * k + 4)  # Haar transform, level conv, inverse
-        h, w = ph // 2, pw // 2
+    formula = haar_wtconv_macs(n, c, h, w, k, levels)
     assert ours['flops'] == formula
     assert published['flops'] == formula
     assert ours['params'] == published['params'] - 2 * 4 * c * 4  # published keeps frozen filters
@@ -165,6 +162,7 @@ def test_wtconv_stride_2_count_is_the_published_trace_less_the_skipped_work(wt_t
     if wt_type == 'db1':
         top_inverse = n * c * (h + h % 2) * (w + w % 2) * 4
         skipped += top_inverse - top_inverse // 4
+        assert ours == haar_wtconv_macs(n, c, h, w, k, levels, stride=2)
     assert ours == published['flops'] - skipped
 
 

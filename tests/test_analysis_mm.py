@@ -1,15 +1,15 @@
 """The analysis tools on real mmdet/mmseg models (skipped until mmdet/mmseg are installed).
 
 Oracles: mmengine's own complexity analysis run the way mmdet's get_flops runs it (for a model
-without convzoo layers), the plain conv formula for the 3x3 convs a layer replaces, and PNG/table
-structure for the CLIs."""
+without convzoo layers), the WTConv and plain conv formulas (tests.utils) for the layers and the
+3x3 convs they replace, and PNG/table structure for the CLIs."""
 import json
 import os
 
 import pytest
 import torch
 
-from tests.utils import run_tool
+from tests.utils import haar_wtconv_macs, run_tool
 
 pytest.importorskip('mmdet')
 pytest.importorskip('mmcv.ops')
@@ -72,7 +72,10 @@ def test_detector_count_equals_mmengine_and_layer_deltas(tmp_path):
         n, c, h, w = shape
         stride = 2 if name.endswith('.0.conv2') and not name.startswith('backbone.layer1') else 1
         ho, wo = -(-h // stride), -(-w // stride)
-        delta += rec['flops'] - conv_macs(n, c, c, 3, ho, wo)
+        # in == out with groups=1: the depthwise WTConv (k=3, one level), then a 1x1 conv
+        layer = haar_wtconv_macs(n, c, h, w, 3, 1, stride) + conv_macs(n, c, c, 1, ho, wo)
+        assert rec['flops'] == layer, name
+        delta += layer - conv_macs(n, c, c, 3, ho, wo)
     # (heads differ with the proposals that survive NMS: compare the backbones)
     assert wt['by_module']['backbone'] - ours['by_module']['backbone'] == delta
 

@@ -39,3 +39,22 @@ def train_demo_briefly(config, work_dir, epochs=2):
              'default_hooks.logger.interval=1', 'randomness.seed=0', env={'OMP_NUM_THREADS': '1'})
     return [torch.load(os.path.join(work_dir, f'epoch_{e}.pth'), map_location='cpu',
                        weights_only=True)['state_dict'] for e in range(1, epochs + 1)]
+
+
+def haar_wtconv_macs(n, c, h, w, k, levels, stride=1):
+    """Multiply-adds of a depthwise Haar (db1) WTConv on ``(n, c, h, w)``, written out from its
+    parts: the base ``k x k`` depthwise conv at the output pixels (``ceil(h / stride)`` by
+    ``ceil(w / stride)``); per level, on the size padded to even, the Haar transform (4 per
+    pixel), the ``k x k`` depthwise conv on the 4C sub-bands of a quarter of the pixels and the
+    inverse transform (4 per pixel); at stride 2 the outermost inverse only for the kept pixels,
+    a quarter of it."""
+    ho, wo = -(-h // stride), -(-w // stride)
+    macs = n * c * ho * wo * k * k
+    for level in range(levels):
+        ph, pw = h + h % 2, w + w % 2
+        inverse = n * c * ph * pw * 4
+        if stride == 2 and level == 0:
+            inverse //= 4
+        macs += n * c * ph * pw * 4 + n * 4 * c * (ph // 2) * (pw // 2) * k * k + inverse
+        h, w = ph // 2, pw // 2
+    return macs
