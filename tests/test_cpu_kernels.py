@@ -195,7 +195,7 @@ def _tap_case(case, dtype, part):
     return gen, xp, coef, pos, (c, k, nb, n, s, d, groups, ho, wo)
 
 
-def _unfolded_taps(xp, pos, k, s, d, groups, out_size):
+def _unfolded_taps(xp, pos, k, s, d, groups):
     """The taps of positions ``pos`` of padded channels-last ``xp`` from F.unfold (taps ordered
     (ty, tx) per channel): (G, Cg, k*k, J)."""
     n, c = xp.shape[0], xp.shape[-1]
@@ -219,7 +219,7 @@ def test_region_tap_mix_equals_unfold(case, dtype):
     random order; also in the one-sample form (xp 3-D, coef 2-D) and into a reused buffer."""
     gen, xp, coef, pos, (c, k, nb, n, s, d, groups, ho, wo) = _tap_case(case, dtype, 3)
     ours = cpu_kernels.region_tap_mix(xp, pos, coef, k, s, d, (ho, wo), groups)
-    taps = _unfolded_taps(xp, pos, k, s, d, groups, (ho, wo))
+    taps = _unfolded_taps(xp, pos, k, s, d, groups)
     ref = torch.einsum('jbt,gctj->gjbc', coef[pos // (ho * wo)], taps)
     assert ours.shape == (groups, pos.numel(), nb, c // groups)
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
@@ -254,7 +254,7 @@ def test_region_tap_mix_adjoints_equal_autograd(case, dtype):
     du = torch.randn(groups, pos.numel(), nb, c // groups, dtype=dtype, generator=gen)
 
     xr, cr = xp.clone().requires_grad_(), coef.clone().requires_grad_()
-    taps = _unfolded_taps(xr, pos, k, s, d, groups, (ho, wo))
+    taps = _unfolded_taps(xr, pos, k, s, d, groups)
     u = torch.einsum('jbt,gctj->gjbc', cr[pos // (ho * wo)], taps)
     ref_x, ref_coef = torch.autograd.grad(u, [xr, cr], du, retain_graph=True)
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
