@@ -1,6 +1,6 @@
 """FLOP counting: mmengine's traced count with the convzoo layers' own ``count_flops`` swapped in.
 
-Oracles: the plain conv MAC formula written out here, hand-made modules whose true count is known,
+Oracles: the plain conv MAC formula (tests.utils), hand-made modules whose true count is known,
 and (for WTConv) the traced count of the published layer, which is built only from convs and
 transposed convs that mmengine counts exactly, and the Haar WTConv formula of tests.utils.
 """
@@ -12,12 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from convzoo_mm.analysis.flops import get_model_complexity
-from tests.utils import haar_wtconv_macs
-
-
-def conv_macs(n, cin, cout, k, h_out, w_out, groups=1):
-    """MACs of a conv: one k*k*cin/groups dot product per output element."""
-    return n * cout * h_out * w_out * (cin // groups) * k * k
+from tests.utils import conv_macs, haar_wtconv_macs
 
 
 class Counted(nn.Module):

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from tests.utils import haar_wtconv_macs, run_tool
+from tests.utils import conv_macs, haar_wtconv_macs, run_tool
 
 pytest.importorskip('mmdet')
 pytest.importorskip('mmcv.ops')
@@ -33,10 +33,6 @@ def _det_config(tmp_path, backbone_extra=''):
         "                  mask_roi_extractor=dict(out_channels=32),\n"
         "                  mask_head=dict(in_channels=32, conv_out_channels=32)))\n")
     return str(path)
-
-
-def conv_macs(n, cin, cout, k, h_out, w_out, groups=1):
-    return n * cout * h_out * w_out * (cin // groups) * k * k
 
 
 def test_detector_count_equals_mmengine_and_layer_deltas(tmp_path):

@@ -41,6 +41,11 @@ def train_demo_briefly(config, work_dir, epochs=2):
                        weights_only=True)['state_dict'] for e in range(1, epochs + 1)]
 
 
+def conv_macs(n, cin, cout, k, h_out, w_out, groups=1):
+    """Multiply-adds of a conv: one ``k*k*cin/groups`` dot product per output element."""
+    return n * cout * h_out * w_out * (cin // groups) * k * k
+
+
 def haar_wtconv_macs(n, c, h, w, k, levels, stride=1):
     """Multiply-adds of a depthwise Haar (db1) WTConv on ``(n, c, h, w)``, written out from its
     parts: the base ``k x k`` depthwise conv at the output pixels (``ceil(h / stride)`` by
