@@ -314,12 +314,12 @@ def test_region_tap_mix_rejects_bad_positions_and_out():
 @needs_ext
 @pytest.mark.parametrize('case', [
     dict(m=8),                                          # B = 9 = k*k: the kernel runs
-    dict(m=8, channels_last=True, block=700),           # NHWC output, U in blocks of 1 row
+    dict(m=8, channels_last=True, u_block=700),         # NHWC output, U in blocks of 1 row
     dict(m=4, stride=2, dilation=2, groups=2),          # B = 5: batched U-form backward
-    dict(m=4, groups=2, channels_last=True, block=5000, chunk=1),  # U blocks of 15 rows,
+    dict(m=4, groups=2, channels_last=True, u_block=5000, du_block=1),  # U blocks of 15 rows,
     #                                                     backward one sample per chunk
-    dict(m=4, n=3, chunk=90000),                        # backward chunks of 2 + 1 samples
-    dict(m=4, chunk=20000),                             # dU in blocks of 62 rows: 3 a sample
+    dict(m=4, n=3, du_block=90000),                     # backward chunks of 2 + 1 samples
+    dict(m=4, du_block=20000),                          # dU in blocks of 62 rows: 3 a sample
     dict(m=8, x_grad=False),                            # no dL/dx
     dict(m=4, x_grad=False, frozen='guide'),            # no guide gradient either
     dict(m=3, k=5, padding=1, groups=4, out=8),         # B = 4
@@ -329,8 +329,8 @@ def test_drconv_with_kernel_equals_drconv_without(case, monkeypatch):
     im2col + matmul tensor path (same module), and the kernel is really used; the forward's U
     also in blocks of a few rows, the batched backward in chunks of samples, and for
     channels-last inputs."""
-    monkeypatch.setattr(drconv_module, '_U_BLOCK_BYTES', case.get('block', 16 << 20))
-    monkeypatch.setattr(drconv_module, '_DU_BLOCK_BYTES', case.get('chunk', 8 << 20))
+    monkeypatch.setattr(drconv_module, '_U_BLOCK_BYTES', case.get('u_block', 16 << 20))
+    monkeypatch.setattr(drconv_module, '_DU_BLOCK_BYTES', case.get('du_block', 8 << 20))
     torch.manual_seed(0)
     k = case.get('k', 3)
     layer = DRConv(16, case.get('out', 16), k, case.get('stride', 1),
